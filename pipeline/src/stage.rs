@@ -1,0 +1,666 @@
+//! The stage contract.
+//!
+//! A stage has a [`StageSpec`] (name, input and output formats, where its data
+//! goes, how it runs) and a `run` method that receives frames from its
+//! [`Inbox`] and emits frames through its [`Outbox`] until the inbox ends.
+//!
+//! Most stages transform one frame at a time and are easiest to write as a
+//! [`Processor`]: a synchronous `process` call per frame, which the runtime
+//! runs either on the async task ([`Execution::Inline`], for work of a few
+//! microseconds) or on a dedicated blocking thread ([`Execution::Blocking`],
+//! for model inference). Stages that hold connections implement [`Stage`]
+//! directly and manage their sockets inside `run`.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::edge::{Closed, DropReason, Receiver, Sender, Sent, TryRecv};
+use crate::error::StageError;
+use crate::format::PortFormat;
+use crate::frame::{Control, Frame, FrameMeta};
+use crate::histogram::LatencyHistogram;
+use crate::id::{SessionId, StageName, TurnId};
+use crate::privacy::Egress;
+use crate::report::TurnClock;
+
+/// A boxed future returned by [`Stage::run`].
+pub type StageFuture<'a> = Pin<Box<dyn Future<Output = Result<(), StageError>> + Send + 'a>>;
+
+/// Where a stage's work runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Execution {
+    /// On the async task: for work that takes microseconds per frame.
+    Inline,
+    /// On a dedicated blocking thread: for model inference and other work that
+    /// would stall the async worker threads.
+    Blocking,
+}
+
+/// What a stage declares about itself before it runs.
+#[derive(Debug, Clone)]
+pub struct StageSpec {
+    /// The stage's name, unique within its graph.
+    pub name: StageName,
+    /// What the stage accepts; [`PortFormat::None`] for a source.
+    pub input: PortFormat,
+    /// What the stage emits; [`PortFormat::None`] for a sink.
+    pub output: PortFormat,
+    /// Where the stage sends data outside the process.
+    pub egress: Egress,
+    /// Where the stage's work runs.
+    pub execution: Execution,
+}
+
+impl StageSpec {
+    /// A stage that sends nothing off the device and runs inline.
+    pub fn new(name: StageName, input: PortFormat, output: PortFormat) -> Self {
+        StageSpec { name, input, output, egress: Egress::None, execution: Execution::Inline }
+    }
+
+    /// Returns the spec with the given egress.
+    #[must_use]
+    pub fn with_egress(mut self, egress: Egress) -> Self {
+        self.egress = egress;
+        self
+    }
+
+    /// Returns the spec with the given execution.
+    #[must_use]
+    pub fn with_execution(mut self, execution: Execution) -> Self {
+        self.execution = execution;
+        self
+    }
+}
+
+/// A unit of processing in a graph.
+pub trait Stage: Send + 'static {
+    /// Describes the stage. Called once, when the stage is added to a graph.
+    fn spec(&self) -> StageSpec;
+
+    /// Runs the stage until its inbox ends ([`Inbox::recv`] returns `None`),
+    /// then returns. The runtime sends end of stream downstream after a clean
+    /// return and cancels the session after an error.
+    fn run<'a>(&'a mut self, io: &'a mut StageIo) -> StageFuture<'a>;
+}
+
+impl Stage for Box<dyn Stage> {
+    fn spec(&self) -> StageSpec {
+        (**self).spec()
+    }
+
+    fn run<'a>(&'a mut self, io: &'a mut StageIo) -> StageFuture<'a> {
+        (**self).run(io)
+    }
+}
+
+/// Counters the runtime keeps for every stage.
+#[derive(Debug, Default)]
+pub(crate) struct StageCounters {
+    pub(crate) frames_in: u64,
+    pub(crate) frames_out: u64,
+    pub(crate) processing: LatencyHistogram,
+}
+
+pub(crate) type SharedCounters = Arc<Mutex<StageCounters>>;
+
+/// Hooks that wrappers such as [`crate::wrap::Timeout`] attach to an inbox.
+pub(crate) trait InboxObserver: Send + Sync {
+    fn frame_taken(&self, frame: &Frame);
+    fn frame_done(&self);
+}
+
+/// Hooks that wrappers attach to an outbox.
+pub(crate) trait OutboxObserver: Send + Sync {
+    fn frame_emitted(&self);
+}
+
+/// The frames coming into a stage, merged from all its input edges.
+///
+/// Priority events of every edge come before any data. End of stream frames
+/// are consumed here: `recv` returns `None` once every input edge has ended
+/// or the session is cancelled. After an interrupt for turn `t`, data frames
+/// of turn `t` and earlier that arrive late are dropped and counted.
+pub struct Inbox {
+    inputs: Vec<Receiver>,
+    ended: Vec<bool>,
+    next: usize,
+    ready: Arc<Notify>,
+    cancel: CancellationToken,
+    cancelled_through: Option<TurnId>,
+    counters: SharedCounters,
+    taken_at: Option<Instant>,
+    replay: std::collections::VecDeque<Frame>,
+    pub(crate) observers: Vec<Arc<dyn InboxObserver>>,
+}
+
+impl fmt::Debug for Inbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inbox").field("inputs", &self.inputs).finish_non_exhaustive()
+    }
+}
+
+impl Inbox {
+    pub(crate) fn new(
+        inputs: Vec<Receiver>,
+        ready: Arc<Notify>,
+        cancel: CancellationToken,
+        counters: SharedCounters,
+    ) -> Self {
+        let ended = vec![false; inputs.len()];
+        Inbox {
+            inputs,
+            ended,
+            next: 0,
+            ready,
+            cancel,
+            cancelled_through: None,
+            counters,
+            taken_at: None,
+            replay: std::collections::VecDeque::new(),
+            observers: Vec::new(),
+        }
+    }
+
+    /// An inbox with no inputs, which ends at once. Sources get one.
+    pub fn empty() -> Self {
+        Inbox::new(Vec::new(), Arc::new(Notify::new()), CancellationToken::new(), SharedCounters::default())
+    }
+
+    /// Waits for the next frame; `None` at end of stream or cancellation.
+    pub async fn recv(&mut self) -> Option<Frame> {
+        self.finish_previous();
+        if let Some(frame) = self.replay.pop_front() {
+            return Some(self.hand_out(frame));
+        }
+        loop {
+            if self.cancel.is_cancelled() {
+                return None;
+            }
+            match self.poll_inputs() {
+                Poll::Frame(frame) => return Some(self.hand_out(frame)),
+                Poll::Ended => return None,
+                Poll::Empty => {}
+            }
+            tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => return None,
+                () = self.ready.notified() => {}
+            }
+        }
+    }
+
+    /// Waits for the next frame from a blocking thread.
+    pub fn recv_blocking(&mut self) -> Option<Frame> {
+        futures::executor::block_on(self.recv())
+    }
+
+    /// Returns the cancellation token of the session.
+    pub fn cancel_token(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Returns the last turn cancelled by an interrupt that passed this inbox.
+    pub fn cancelled_through(&self) -> Option<TurnId> {
+        self.cancelled_through
+    }
+
+    /// Puts frames back in front of the inbox, to be received again. Used by
+    /// the retry wrapper to give a restarted stage the frames its failed
+    /// attempt had not finished.
+    pub(crate) fn push_front_replay(&mut self, frames: Vec<Frame>) {
+        for frame in frames.into_iter().rev() {
+            self.replay.push_front(frame);
+        }
+    }
+
+    fn finish_previous(&mut self) {
+        if let Some(taken_at) = self.taken_at.take() {
+            self.counters.lock().processing.record(taken_at.elapsed());
+            for observer in &self.observers {
+                observer.frame_done();
+            }
+        }
+    }
+
+    fn hand_out(&mut self, frame: Frame) -> Frame {
+        self.counters.lock().frames_in += 1;
+        for observer in &self.observers {
+            observer.frame_taken(&frame);
+        }
+        self.taken_at = Some(Instant::now());
+        frame
+    }
+
+    fn poll_inputs(&mut self) -> Poll {
+        let count = self.inputs.len();
+        if count == 0 {
+            return Poll::Ended;
+        }
+
+        // Priority events of every input come before data of any input. With one
+        // input the receiver already returns its priority lane first.
+        for index in 0..count {
+            if count == 1 {
+                break;
+            }
+            if self.ended[index] {
+                continue;
+            }
+            if let Some(frame) = self.take_priority(index) {
+                return Poll::Frame(frame);
+            }
+        }
+
+        // Data round-robin, so one busy input cannot starve another.
+        for offset in 0..count {
+            let index = (self.next + offset) % count;
+            if self.ended[index] {
+                continue;
+            }
+            loop {
+                match self.inputs[index].try_recv() {
+                    TryRecv::Frame(frame) => {
+                        if let Some(frame) = self.accept(index, frame) {
+                            self.next = (index + 1) % count;
+                            return Poll::Frame(frame);
+                        }
+                    }
+                    TryRecv::Empty => break,
+                    TryRecv::Closed => {
+                        self.ended[index] = true;
+                        break;
+                    }
+                }
+            }
+        }
+
+        if self.ended.iter().all(|&ended| ended) { Poll::Ended } else { Poll::Empty }
+    }
+
+    fn take_priority(&mut self, index: usize) -> Option<Frame> {
+        // A receiver returns priority frames first, so a peek is a try_recv
+        // that only keeps priority frames. Data taken here is handled by accept.
+        if !self.inputs[index].has_priority() {
+            return None;
+        }
+        match self.inputs[index].try_recv() {
+            TryRecv::Frame(frame) => self.accept(index, frame),
+            TryRecv::Empty | TryRecv::Closed => None,
+        }
+    }
+
+    /// Applies end of stream and stale-turn rules; `None` means the frame was consumed.
+    fn accept(&mut self, index: usize, frame: Frame) -> Option<Frame> {
+        match frame.as_control() {
+            Some(Control::EndOfStream) => {
+                self.ended[index] = true;
+                return None;
+            }
+            Some(Control::Interrupt) => {
+                let turn = frame.meta.turn;
+                self.cancelled_through = Some(self.cancelled_through.map_or(turn, |t| t.max(turn)));
+                return Some(frame);
+            }
+            Some(_) => return Some(frame),
+            None => {}
+        }
+        if let Some(cancelled) = self.cancelled_through {
+            if frame.meta.turn != TurnId::NONE && frame.meta.turn <= cancelled {
+                self.inputs[index].metrics().record_drop(DropReason::StaleTurn, 1);
+                return None;
+            }
+        }
+        Some(frame)
+    }
+}
+
+enum Poll {
+    Frame(Frame),
+    Empty,
+    Ended,
+}
+
+/// The way out of a stage: a frame sent here reaches every output edge
+/// (fan-out clones the frame, which copies no samples).
+pub struct Outbox {
+    outputs: Vec<Sender>,
+    session: SessionId,
+    seq: u64,
+    counters: SharedCounters,
+    pub(crate) observers: Vec<Arc<dyn OutboxObserver>>,
+    cancel: CancellationToken,
+}
+
+impl fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outbox").field("outputs", &self.outputs).finish_non_exhaustive()
+    }
+}
+
+impl Outbox {
+    pub(crate) fn new(
+        outputs: Vec<Sender>,
+        session: SessionId,
+        counters: SharedCounters,
+        cancel: CancellationToken,
+    ) -> Self {
+        Outbox { outputs, session, seq: 0, counters, observers: Vec::new(), cancel }
+    }
+
+    /// An outbox with no outputs, which accepts and discards frames. Sinks get one.
+    pub fn empty(session: SessionId) -> Self {
+        Outbox::new(Vec::new(), session, SharedCounters::default(), CancellationToken::new())
+    }
+
+    /// Sends a frame to every output edge, waiting where an edge blocks.
+    /// Fails only when a receiving stage has stopped, which means the session
+    /// is ending.
+    ///
+    /// A send that waits on a full edge gives up when the session is cancelled.
+    pub async fn send(&mut self, frame: Frame) -> Result<(), StageError> {
+        self.counters.lock().frames_out += 1;
+        for observer in &self.observers {
+            observer.frame_emitted();
+        }
+        let Some((last, rest)) = self.outputs.split_last() else {
+            return Ok(());
+        };
+        for output in rest {
+            deliver(cancellable(&self.cancel, output.send(frame.clone())).await)?;
+        }
+        deliver(cancellable(&self.cancel, last.send(frame)).await)
+    }
+
+    /// Sends from a blocking thread.
+    pub fn send_blocking(&mut self, frame: Frame) -> Result<(), StageError> {
+        futures::executor::block_on(self.send(frame))
+    }
+
+    /// Returns metadata for a new frame of this session with the next sequence
+    /// number of this outbox.
+    pub fn next_meta(&mut self, turn: TurnId, timestamp: crate::frame::MediaTime) -> FrameMeta {
+        let meta = FrameMeta { session: self.session, turn, seq: self.seq, timestamp };
+        self.seq += 1;
+        meta
+    }
+
+    /// Returns the session this outbox belongs to.
+    pub fn session(&self) -> SessionId {
+        self.session
+    }
+
+    /// Returns whether the outbox has no output edges.
+    pub fn is_unconnected(&self) -> bool {
+        self.outputs.is_empty()
+    }
+}
+
+/// Why an outbox send did not deliver.
+enum Undelivered {
+    Closed(Frame),
+    Cancelled,
+}
+
+async fn cancellable(
+    cancel: &CancellationToken,
+    send: impl Future<Output = Result<Sent, Closed>>,
+) -> Result<Sent, Undelivered> {
+    tokio::select! {
+        biased;
+        result = send => result.map_err(|Closed(frame)| Undelivered::Closed(frame)),
+        () = cancel.cancelled() => Err(Undelivered::Cancelled),
+    }
+}
+
+fn deliver(result: Result<Sent, Undelivered>) -> Result<(), StageError> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(Undelivered::Cancelled) => Err(StageError::fatal("the session was cancelled")),
+        Err(Undelivered::Closed(frame)) => Err(StageError::fatal(format!(
+            "the downstream stage stopped before a {} frame could be delivered",
+            frame.kind_name()
+        ))),
+    }
+}
+
+/// A stage's inbox, outbox and session.
+#[derive(Debug)]
+pub struct StageIo {
+    /// Frames in.
+    pub inbox: Inbox,
+    /// Frames out.
+    pub outbox: Outbox,
+    /// The stage's name, for logs.
+    pub name: StageName,
+    /// The session's per-turn latency marks.
+    pub turns: TurnClock,
+    /// Keeps the session's task tracker open while a blocking thread of this
+    /// stage runs, so that the session does not report itself stopped early.
+    pub(crate) tracker: Option<tokio_util::task::TaskTracker>,
+}
+
+impl StageIo {
+    /// Builds the I/O of a stage run outside a graph: frames come from `inputs`
+    /// and go to `outputs`. Tests of single stages use it.
+    pub fn detached(name: StageName, session: SessionId, inputs: Vec<Receiver>, outputs: Vec<Sender>) -> Self {
+        let ready = Arc::new(Notify::new());
+        let inputs = inputs.into_iter().map(|receiver| receiver.rebind(Arc::clone(&ready))).collect();
+        let counters = SharedCounters::default();
+        let cancel = CancellationToken::new();
+        StageIo {
+            inbox: Inbox::new(inputs, ready, cancel.clone(), Arc::clone(&counters)),
+            outbox: Outbox::new(outputs, session, counters, cancel),
+            name,
+            turns: TurnClock::default(),
+            tracker: None,
+        }
+    }
+
+    /// Returns the session id.
+    pub fn session(&self) -> SessionId {
+        self.outbox.session
+    }
+
+    /// Returns whether the session has been cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.inbox.cancel.is_cancelled()
+    }
+}
+
+/// Collects the frames a [`Processor`] emits for one input frame.
+#[derive(Debug)]
+pub struct Emitter {
+    frames: Vec<Frame>,
+    session: SessionId,
+    seq: u64,
+}
+
+impl Emitter {
+    /// An emitter for processors run outside a graph, as in unit tests.
+    pub fn new(session: SessionId) -> Self {
+        Emitter { frames: Vec::with_capacity(8), session, seq: 0 }
+    }
+
+    /// Queues a frame to send after the current call returns.
+    pub fn emit(&mut self, frame: Frame) {
+        self.frames.push(frame);
+    }
+
+    /// Returns metadata for a new frame with the next sequence number.
+    pub fn next_meta(&mut self, turn: TurnId, timestamp: crate::frame::MediaTime) -> FrameMeta {
+        let meta = FrameMeta { session: self.session, turn, seq: self.seq, timestamp };
+        self.seq += 1;
+        meta
+    }
+
+    /// Removes and returns the frames emitted so far.
+    pub fn drain(&mut self) -> std::vec::Drain<'_, Frame> {
+        self.frames.drain(..)
+    }
+
+    /// Returns the frames emitted so far.
+    pub fn frames(&self) -> &[Frame] {
+        &self.frames
+    }
+}
+
+/// A stage that handles one frame at a time with a synchronous call.
+///
+/// Data frames go to [`Processor::process`]. Control frames go to
+/// [`Processor::control`] and are then forwarded downstream by the runtime,
+/// so a processor cannot forget to pass an interrupt on. At end of stream
+/// [`Processor::finish`] flushes what the processor still buffers.
+pub trait Processor: Send + 'static {
+    /// Describes the stage; `execution` picks the thread `process` runs on.
+    fn spec(&self) -> StageSpec;
+
+    /// Handles one data frame, emitting any number of frames.
+    fn process(&mut self, frame: Frame, out: &mut Emitter) -> Result<(), StageError>;
+
+    /// Reacts to a control event before it is forwarded. The default does nothing.
+    fn control(&mut self, _control: &Control, _meta: &FrameMeta, _out: &mut Emitter) -> Result<(), StageError> {
+        Ok(())
+    }
+
+    /// Emits what is still buffered at end of stream. The default emits nothing.
+    fn finish(&mut self, _out: &mut Emitter) -> Result<(), StageError> {
+        Ok(())
+    }
+}
+
+/// Runs a [`Processor`] as a [`Stage`].
+pub struct ProcessorStage<P> {
+    processor: Option<P>,
+}
+
+impl<P> fmt::Debug for ProcessorStage<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessorStage").finish_non_exhaustive()
+    }
+}
+
+impl<P: Processor> ProcessorStage<P> {
+    /// Wraps a processor.
+    pub fn new(processor: P) -> Self {
+        ProcessorStage { processor: Some(processor) }
+    }
+}
+
+/// Wraps a processor into a boxed stage, ready for a graph.
+pub fn processor<P: Processor>(processor: P) -> Box<dyn Stage> {
+    Box::new(ProcessorStage::new(processor))
+}
+
+impl<P: Processor> Stage for ProcessorStage<P> {
+    fn spec(&self) -> StageSpec {
+        match &self.processor {
+            Some(processor) => processor.spec(),
+            None => unreachable!("a processor stage is only empty while its blocking thread runs"),
+        }
+    }
+
+    fn run<'a>(&'a mut self, io: &'a mut StageIo) -> StageFuture<'a> {
+        Box::pin(async move {
+            let Some(mut processor) = self.processor.take() else {
+                return Err(StageError::fatal("the processor stage was run twice at once"));
+            };
+            match processor.spec().execution {
+                Execution::Inline => {
+                    let result = run_processor_inline(&mut processor, io).await;
+                    self.processor = Some(processor);
+                    result
+                }
+                Execution::Blocking => {
+                    // The blocking thread needs owned values; they come back when it ends.
+                    let session = io.session();
+                    let owned_io = std::mem::replace(io, StageIo {
+                        inbox: Inbox::empty(),
+                        outbox: Outbox::empty(session),
+                        name: io.name.clone(),
+                        turns: io.turns.clone(),
+                        tracker: io.tracker.clone(),
+                    });
+                    let tracker_token = owned_io.tracker.as_ref().map(tokio_util::task::TaskTracker::token);
+                    let span = tracing::Span::current();
+                    let handle = tokio::task::spawn_blocking(move || {
+                        let _tracked = tracker_token;
+                        let _entered = span.enter();
+                        let mut owned_io = owned_io;
+                        let result = run_processor_blocking(&mut processor, &mut owned_io);
+                        (processor, owned_io, result)
+                    });
+                    match handle.await {
+                        Ok((processor, owned_io, result)) => {
+                            self.processor = Some(processor);
+                            *io = owned_io;
+                            result
+                        }
+                        Err(join_error) => Err(StageError::fatal(format!(
+                            "the blocking thread of the processor ended abnormally: {join_error}"
+                        ))),
+                    }
+                }
+            }
+        })
+    }
+}
+
+async fn run_processor_inline<P: Processor>(processor: &mut P, io: &mut StageIo) -> Result<(), StageError> {
+    let mut emitter = Emitter::new(io.session());
+    while let Some(frame) = io.inbox.recv().await {
+        let forward = handle_frame(processor, frame, &mut emitter)?;
+        for out in emitter.drain() {
+            io.outbox.send(out).await?;
+        }
+        if let Some(control) = forward {
+            io.outbox.send(control).await?;
+        }
+    }
+    if io.is_cancelled() {
+        return Ok(());
+    }
+    processor.finish(&mut emitter)?;
+    for out in emitter.drain() {
+        io.outbox.send(out).await?;
+    }
+    Ok(())
+}
+
+fn run_processor_blocking<P: Processor>(processor: &mut P, io: &mut StageIo) -> Result<(), StageError> {
+    let mut emitter = Emitter::new(io.session());
+    while let Some(frame) = io.inbox.recv_blocking() {
+        let forward = handle_frame(processor, frame, &mut emitter)?;
+        for out in emitter.drain() {
+            io.outbox.send_blocking(out)?;
+        }
+        if let Some(control) = forward {
+            io.outbox.send_blocking(control)?;
+        }
+    }
+    if io.is_cancelled() {
+        return Ok(());
+    }
+    processor.finish(&mut emitter)?;
+    for out in emitter.drain() {
+        io.outbox.send_blocking(out)?;
+    }
+    Ok(())
+}
+
+/// Passes a frame to the processor; returns a control frame still to forward.
+fn handle_frame<P: Processor>(processor: &mut P, frame: Frame, emitter: &mut Emitter) -> Result<Option<Frame>, StageError> {
+    if let Some(control) = frame.as_control() {
+        processor.control(control, &frame.meta, emitter)?;
+        return Ok(Some(frame));
+    }
+    processor.process(frame, emitter)?;
+    Ok(None)
+}
