@@ -341,6 +341,10 @@ struct Shared {
     space: Notify,
     config: EdgeConfig,
     metrics: Arc<EdgeMetrics>,
+    /// The highest turn an interrupt sent on this edge has cancelled, or 0.
+    /// A processor busy inside one call reads it to stop early, before the
+    /// interrupt itself reaches the front of its inbox.
+    interrupted_through: Arc<AtomicU64>,
 }
 
 /// The sending half of an edge. Cloning adds a sender; the edge closes for the
@@ -398,6 +402,7 @@ pub(crate) fn channel_with_notify(
         space: Notify::new(),
         config,
         metrics: Arc::new(EdgeMetrics::new(label.into())),
+        interrupted_through: Arc::new(AtomicU64::new(0)),
     });
     (Sender { shared: Arc::clone(&shared) }, Receiver { shared })
 }
@@ -478,6 +483,7 @@ impl Sender {
         if frame.as_control() == Some(&Control::Interrupt) {
             let discarded = state.discard_through(frame.meta.turn);
             self.shared.metrics.record_drop(DropReason::Interrupted, discarded);
+            self.shared.interrupted_through.fetch_max(frame.meta.turn.0, Ordering::Release);
         }
         state.control.push_back(Queued { frame, enqueued: Instant::now() });
         Ok(Sent::Queued)
@@ -589,6 +595,12 @@ impl Receiver {
     /// Waits for the next frame from a thread that is not an async task.
     pub fn recv_blocking(&mut self) -> Option<Frame> {
         futures::executor::block_on(self.recv())
+    }
+
+    /// Returns the counter of the highest turn cancelled by an interrupt sent
+    /// on this edge (0 for none), updated when the interrupt is queued.
+    pub fn interrupt_signal(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.shared.interrupted_through)
     }
 
     /// Returns whether a priority event is queued.

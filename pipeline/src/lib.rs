@@ -40,4 +40,4 @@ pub use privacy::{Egress, PrivacyError, PrivacyPolicy, PrivacyTier};
 pub use report::{SessionReport, TurnClock, TurnMark};
 pub use runtime::{Pipeline, Session};
 pub use secret::Secret;
-pub use stage::{Emitter, Execution, Inbox, Outbox, Processor, ProcessorStage, Stage, StageFuture, StageIo, StageSpec, processor};
+pub use stage::{Emitter, Execution, Inbox, InterruptWatch, Outbox, Processor, ProcessorStage, Stage, StageFuture, StageIo, StageSpec, processor};

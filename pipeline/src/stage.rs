@@ -15,6 +15,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use parking_lot::Mutex;
@@ -28,7 +29,7 @@ use crate::frame::{Control, Frame, FrameMeta};
 use crate::histogram::LatencyHistogram;
 use crate::id::{SessionId, StageName, TurnId};
 use crate::privacy::Egress;
-use crate::report::TurnClock;
+use crate::report::{TurnClock, TurnMark};
 
 /// A boxed future returned by [`Stage::run`].
 pub type StageFuture<'a> = Pin<Box<dyn Future<Output = Result<(), StageError>> + Send + 'a>>;
@@ -129,6 +130,7 @@ pub(crate) trait OutboxObserver: Send + Sync {
 /// or the session is cancelled. After an interrupt for turn `t`, data frames
 /// of turn `t` and earlier that arrive late are dropped and counted.
 pub struct Inbox {
+    watch: InterruptWatch,
     inputs: Vec<Receiver>,
     ended: Vec<bool>,
     next: usize,
@@ -155,7 +157,12 @@ impl Inbox {
         counters: SharedCounters,
     ) -> Self {
         let ended = vec![false; inputs.len()];
+        let watch = InterruptWatch {
+            signals: inputs.iter().map(Receiver::interrupt_signal).collect(),
+            cancel: cancel.clone(),
+        };
         Inbox {
+            watch,
             inputs,
             ended,
             next: 0,
@@ -210,6 +217,12 @@ impl Inbox {
     /// Returns the last turn cancelled by an interrupt that passed this inbox.
     pub fn cancelled_through(&self) -> Option<TurnId> {
         self.cancelled_through
+    }
+
+    /// Returns a cheap, cloneable view of the interrupts sent towards this
+    /// stage, for work that must stop before the interrupt is received.
+    pub fn interrupt_watch(&self) -> InterruptWatch {
+        self.watch.clone()
     }
 
     /// Puts frames back in front of the inbox, to be received again. Used by
@@ -475,23 +488,90 @@ impl StageIo {
     }
 }
 
-/// Collects the frames a [`Processor`] emits for one input frame.
-#[derive(Debug)]
-pub struct Emitter {
-    frames: Vec<Frame>,
-    session: SessionId,
-    seq: u64,
+/// Tells work in progress whether its turn was interrupted or its session
+/// cancelled. Reading it costs one atomic load per input edge.
+#[derive(Debug, Clone, Default)]
+pub struct InterruptWatch {
+    signals: Arc<[Arc<AtomicU64>]>,
+    cancel: CancellationToken,
 }
 
-impl Emitter {
-    /// An emitter for processors run outside a graph, as in unit tests.
-    pub fn new(session: SessionId) -> Self {
-        Emitter { frames: Vec::with_capacity(8), session, seq: 0 }
+impl InterruptWatch {
+    /// Returns whether work on `turn` should stop: an interrupt for `turn` or
+    /// a later turn has been sent towards this stage, or the session is
+    /// cancelled. The interrupt counts from the moment it is queued, before
+    /// the stage receives it.
+    pub fn should_stop(&self, turn: TurnId) -> bool {
+        self.cancel.is_cancelled() || self.interrupted_through() >= turn && turn != TurnId::NONE
     }
 
-    /// Queues a frame to send after the current call returns.
+    /// Returns the highest turn cancelled by an interrupt sent towards this stage.
+    pub fn interrupted_through(&self) -> TurnId {
+        let highest = self.signals.iter().map(|signal| signal.load(Ordering::Acquire)).max().unwrap_or(0);
+        TurnId(highest)
+    }
+
+    /// Returns whether the session is cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+}
+
+/// The way out of a [`Processor`]: frames emitted here go downstream.
+///
+/// On a blocking thread each frame is sent at once, waiting where the edge
+/// blocks, so a long call such as LLM generation streams its output. Inline,
+/// frames are buffered and sent when the call returns. A send that fails
+/// because the session is ending is kept and returned by the runtime after
+/// the call, so `emit` itself never fails.
+pub struct Emitter<'a> {
+    /// Where frames go at once; `None` buffers them.
+    outbox: Option<&'a mut Outbox>,
+    buffer: Vec<Frame>,
+    session: SessionId,
+    seq: u64,
+    turns: TurnClock,
+    watch: InterruptWatch,
+    failure: Option<StageError>,
+}
+
+impl fmt::Debug for Emitter<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Emitter").field("session", &self.session).field("seq", &self.seq).finish_non_exhaustive()
+    }
+}
+
+impl Emitter<'static> {
+    /// An emitter that buffers frames, for processors run outside a graph,
+    /// as in unit tests. Its interrupt watch never fires.
+    pub fn new(session: SessionId) -> Self {
+        Emitter::with_parts(None, session, 0, TurnClock::default(), InterruptWatch::default())
+    }
+}
+
+impl<'a> Emitter<'a> {
+    pub(crate) fn with_parts(
+        outbox: Option<&'a mut Outbox>,
+        session: SessionId,
+        seq: u64,
+        turns: TurnClock,
+        watch: InterruptWatch,
+    ) -> Self {
+        Emitter { outbox, buffer: Vec::with_capacity(8), session, seq, turns, watch, failure: None }
+    }
+
+    /// Sends a frame downstream.
     pub fn emit(&mut self, frame: Frame) {
-        self.frames.push(frame);
+        match &mut self.outbox {
+            None => self.buffer.push(frame),
+            Some(outbox) => {
+                if self.failure.is_none() {
+                    if let Err(error) = outbox.send_blocking(frame) {
+                        self.failure = Some(error);
+                    }
+                }
+            }
+        }
     }
 
     /// Returns metadata for a new frame with the next sequence number.
@@ -501,14 +581,44 @@ impl Emitter {
         meta
     }
 
-    /// Removes and returns the frames emitted so far.
-    pub fn drain(&mut self) -> std::vec::Drain<'_, Frame> {
-        self.frames.drain(..)
+    /// Records a latency mark for `turn` now; the first mark of each kind counts.
+    pub fn mark(&self, turn: TurnId, mark: TurnMark) {
+        self.turns.mark(turn, mark);
     }
 
-    /// Returns the frames emitted so far.
+    /// Returns the session's latency marks.
+    pub fn turns(&self) -> &TurnClock {
+        &self.turns
+    }
+
+    /// Returns whether work on `turn` should stop because it was interrupted
+    /// or the session is ending. Long calls check it between steps, such as
+    /// after each generated token.
+    pub fn should_stop(&self, turn: TurnId) -> bool {
+        self.watch.should_stop(turn) || self.failure.is_some()
+    }
+
+    /// Returns the interrupt watch, to hand to work on another thread.
+    pub fn interrupt_watch(&self) -> &InterruptWatch {
+        &self.watch
+    }
+
+    /// Removes and returns the buffered frames; empty when frames go out at once.
+    pub fn drain(&mut self) -> std::vec::Drain<'_, Frame> {
+        self.buffer.drain(..)
+    }
+
+    /// Returns the buffered frames; empty when frames go out at once.
     pub fn frames(&self) -> &[Frame] {
-        &self.frames
+        &self.buffer
+    }
+
+    pub(crate) fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    pub(crate) fn take_failure(&mut self) -> Result<(), StageError> {
+        self.failure.take().map_or(Ok(()), Err)
     }
 }
 
@@ -523,15 +633,15 @@ pub trait Processor: Send + 'static {
     fn spec(&self) -> StageSpec;
 
     /// Handles one data frame, emitting any number of frames.
-    fn process(&mut self, frame: Frame, out: &mut Emitter) -> Result<(), StageError>;
+    fn process(&mut self, frame: Frame, out: &mut Emitter<'_>) -> Result<(), StageError>;
 
     /// Reacts to a control event before it is forwarded. The default does nothing.
-    fn control(&mut self, _control: &Control, _meta: &FrameMeta, _out: &mut Emitter) -> Result<(), StageError> {
+    fn control(&mut self, _control: &Control, _meta: &FrameMeta, _out: &mut Emitter<'_>) -> Result<(), StageError> {
         Ok(())
     }
 
     /// Emits what is still buffered at end of stream. The default emits nothing.
-    fn finish(&mut self, _out: &mut Emitter) -> Result<(), StageError> {
+    fn finish(&mut self, _out: &mut Emitter<'_>) -> Result<(), StageError> {
         Ok(())
     }
 }
@@ -614,7 +724,8 @@ impl<P: Processor> Stage for ProcessorStage<P> {
 }
 
 async fn run_processor_inline<P: Processor>(processor: &mut P, io: &mut StageIo) -> Result<(), StageError> {
-    let mut emitter = Emitter::new(io.session());
+    let watch = io.inbox.interrupt_watch();
+    let mut emitter = Emitter::with_parts(None, io.session(), 0, io.turns.clone(), watch);
     while let Some(frame) = io.inbox.recv().await {
         let forward = handle_frame(processor, frame, &mut emitter)?;
         for out in emitter.drain() {
@@ -635,12 +746,14 @@ async fn run_processor_inline<P: Processor>(processor: &mut P, io: &mut StageIo)
 }
 
 fn run_processor_blocking<P: Processor>(processor: &mut P, io: &mut StageIo) -> Result<(), StageError> {
-    let mut emitter = Emitter::new(io.session());
+    let watch = io.inbox.interrupt_watch();
+    let session = io.session();
+    let mut seq = 0;
     while let Some(frame) = io.inbox.recv_blocking() {
+        let mut emitter = Emitter::with_parts(Some(&mut io.outbox), session, seq, io.turns.clone(), watch.clone());
         let forward = handle_frame(processor, frame, &mut emitter)?;
-        for out in emitter.drain() {
-            io.outbox.send_blocking(out)?;
-        }
+        emitter.take_failure()?;
+        seq = emitter.seq();
         if let Some(control) = forward {
             io.outbox.send_blocking(control)?;
         }
@@ -648,15 +761,15 @@ fn run_processor_blocking<P: Processor>(processor: &mut P, io: &mut StageIo) -> 
     if io.is_cancelled() {
         return Ok(());
     }
+    let mut emitter = Emitter::with_parts(Some(&mut io.outbox), session, seq, io.turns.clone(), watch);
     processor.finish(&mut emitter)?;
-    for out in emitter.drain() {
-        io.outbox.send_blocking(out)?;
-    }
-    Ok(())
+    emitter.take_failure()
 }
 
 /// Passes a frame to the processor; returns a control frame still to forward.
-fn handle_frame<P: Processor>(processor: &mut P, frame: Frame, emitter: &mut Emitter) -> Result<Option<Frame>, StageError> {
+fn handle_frame<P: Processor>(processor: &mut P, frame: Frame, emitter: &mut Emitter<'_>) -> Result<Option<Frame>, StageError> {
+    let span = tracing::trace_span!("frame", turn = frame.meta.turn.0, seq = frame.meta.seq);
+    let _entered = span.enter();
     if let Some(control) = frame.as_control() {
         processor.control(control, &frame.meta, emitter)?;
         return Ok(Some(frame));

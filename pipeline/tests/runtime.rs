@@ -327,3 +327,100 @@ async fn report_serializes_to_json_and_prometheus() {
     assert!(text.contains("# TYPE mentis_edge_queue_seconds summary"));
     assert!(text.contains("mentis_turn_latency_seconds{session=\"7\",turn=\"1\",mark=\"first_audio_out\"}"), "{text}");
 }
+
+/// Emits one text token every 5 ms for the turn of each transcript it gets,
+/// checking for interrupts between tokens like an LLM stage.
+struct Generator {
+    name: mentis_pipeline::StageName,
+    tokens_per_reply: u32,
+    emitted: Arc<AtomicU64>,
+}
+
+impl Processor for Generator {
+    fn spec(&self) -> StageSpec {
+        StageSpec::new(self.name.clone(), PortFormat::Text, PortFormat::Text).with_execution(Execution::Blocking)
+    }
+
+    fn process(&mut self, frame: Frame, out: &mut Emitter<'_>) -> Result<(), StageError> {
+        let turn = frame.meta.turn;
+        for index in 0..self.tokens_per_reply {
+            if out.should_stop(turn) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+            let meta = out.next_meta(turn, mentis_pipeline::MediaTime::ZERO);
+            out.emit(Frame::new(meta, mentis_pipeline::Payload::Text(mentis_pipeline::TextDelta { text: format!("t{index} "), last: false })));
+            self.emitted.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_generator_streams_and_stops_on_interrupt() {
+    use mentis_pipeline::TurnId;
+    let mut graph = on_device();
+    let (input, source) = ChannelSource::new(name("input"), PortFormat::Text, EdgeConfig::lossless(8));
+    let emitted = Arc::new(AtomicU64::new(0));
+    let generator = processor(Generator { name: name("llm"), tokens_per_reply: 1_000, emitted: Arc::clone(&emitted) });
+    let (sink, mut output) = ChannelSink::new(name("tts"), PortFormat::Text, EdgeConfig::lossless(2_000));
+    graph.chain(vec![Box::new(source), generator, Box::new(sink)], EdgeConfig::lossless(2_000));
+    let session = graph.build().expect("valid graph").start(SESSION);
+
+    let mut prompt = common::text(0, "hello");
+    prompt.meta.turn = TurnId(1);
+    input.send(prompt).await.expect("running");
+
+    // Tokens arrive while generation is still running.
+    let first = tokio::time::timeout(Duration::from_secs(2), output.recv()).await.expect("a token streams out").expect("open");
+    assert!(matches!(first.payload, mentis_pipeline::Payload::Text(_)));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    input.send(common::control(TurnId(1), Control::Interrupt)).await.expect("running");
+    let at_interrupt = emitted.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let after = emitted.load(Ordering::Relaxed);
+    assert!(after <= at_interrupt + 1, "generation stopped within one token: {at_interrupt} then {after}");
+    assert!(after < 1_000);
+
+    drop(input);
+    session.wait().await.expect("clean end");
+}
+
+#[test]
+fn drops_logged_once_per_reason() {
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+    impl Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("capture lock").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        runtime.block_on(async {
+            let config = EdgeConfig::lossless(2).with_policy(mentis_pipeline::OverflowPolicy::DropOldest);
+            let (sender, receiver) = mentis_pipeline::edge::channel("mic -> vad", config);
+            for seq in 0..100 {
+                sender.send(common::audio(seq, mentis_pipeline::TurnId::NONE)).await.expect("receiver alive");
+            }
+            assert_eq!(receiver.metrics().drops(mentis_pipeline::DropReason::Oldest), 98);
+        });
+    });
+    let logs = String::from_utf8(captured.0.lock().expect("capture lock").clone()).expect("utf-8");
+    let oldest: Vec<&str> = logs.lines().filter(|line| line.contains("reason=\"oldest\"")).collect();
+    assert_eq!(oldest.len(), 1, "98 drops give one warning within the rate limit: {logs}");
+    assert!(oldest[0].contains("dropped=1"), "the first drop is logged at once: {logs}");
+    assert!(logs.contains("edge=mic -> vad"), "{logs}");
+}
