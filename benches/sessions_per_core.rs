@@ -11,7 +11,7 @@
 //!
 //! Run with `cargo bench --bench sessions_per_core`.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -29,10 +29,11 @@ fn name(text: &str) -> StageName {
 }
 
 /// Records the largest lateness, in microseconds, of frames whose timestamp
-/// is their scheduled send time measured from `epoch`.
+/// is their scheduled send time measured from `epoch`. The epoch is set once
+/// every session is built, so building them is not counted as lateness.
 struct LatenessSink {
     name: StageName,
-    epoch: Instant,
+    epoch: Arc<OnceLock<Instant>>,
     worst_micros: Arc<AtomicU64>,
 }
 
@@ -44,7 +45,10 @@ impl Stage for LatenessSink {
     fn run<'a>(&'a mut self, io: &'a mut StageIo) -> StageFuture<'a> {
         Box::pin(async move {
             while let Some(frame) = io.inbox.recv().await {
-                let due = self.epoch + frame.meta.timestamp.as_duration();
+                let Some(&epoch) = self.epoch.get() else {
+                    continue;
+                };
+                let due = epoch + frame.meta.timestamp.as_duration();
                 let late = Instant::now().saturating_duration_since(due).as_micros() as u64;
                 self.worst_micros.fetch_max(late, Ordering::Relaxed);
             }
@@ -53,7 +57,7 @@ impl Stage for LatenessSink {
     }
 }
 
-fn session(id: u64, epoch: Instant, worst: &Arc<AtomicU64>) -> (Sender, Session) {
+fn session(id: u64, epoch: &Arc<OnceLock<Instant>>, worst: &Arc<AtomicU64>) -> (Sender, Session) {
     let format = PortFormat::Audio(AudioFormat::mono_i16(16_000));
     let mut graph = GraphBuilder::new(PrivacyPolicy::new(PrivacyTier::OnDevice));
     let (input, source) = ChannelSource::new(name("input"), format, EdgeConfig::default());
@@ -61,7 +65,7 @@ fn session(id: u64, epoch: Instant, worst: &Arc<AtomicU64>) -> (Sender, Session)
     for index in 0..3 {
         stages.push(Box::new(PassThrough::new(name(&format!("pass{index}")), format)));
     }
-    stages.push(Box::new(LatenessSink { name: name("sink"), epoch, worst_micros: Arc::clone(worst) }));
+    stages.push(Box::new(LatenessSink { name: name("sink"), epoch: Arc::clone(epoch), worst_micros: Arc::clone(worst) }));
     graph.chain(stages, EdgeConfig::default());
     (input, graph.build().expect("valid graph").start(SessionId(id)))
 }
@@ -71,9 +75,13 @@ fn session(id: u64, epoch: Instant, worst: &Arc<AtomicU64>) -> (Sender, Session)
 fn run(count: u64, ticks: u64) -> (Duration, Duration) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("tokio runtime");
     runtime.block_on(async {
-        let epoch = Instant::now();
+        let shared_epoch = Arc::new(OnceLock::new());
         let worst = Arc::new(AtomicU64::new(0));
-        let sessions: Vec<_> = (0..count).map(|id| session(id, epoch, &worst)).collect();
+        let sessions: Vec<_> = (0..count).map(|id| session(id, &shared_epoch, &worst)).collect();
+        // Let every task reach its first wait before the clock starts.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let epoch = Instant::now();
+        let _ = shared_epoch.set(epoch);
         let audio = AudioData::from_i16(16_000, 1, vec![0_i16; 320]).expect("valid audio");
         let mut sending = Duration::ZERO;
 

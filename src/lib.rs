@@ -7,3 +7,6 @@
 pub use mentis_gateway as gateway;
 pub use mentis_pipeline as pipeline;
 pub use mentis_stages as stages;
+
+#[cfg(feature = "on-device")]
+pub mod conversation;

@@ -3,4 +3,16 @@
 //! Everything here runs on the device. Backends that need a system library or
 //! a model file sit behind a cargo feature (see `Cargo.toml`).
 
+pub mod capture;
+pub mod llm;
 pub mod models;
+pub mod opus;
+pub mod resample;
+pub mod playback;
+pub mod vad;
+pub mod sink;
+pub mod stt;
+pub mod text;
+pub mod tts;
+pub mod wav;
+pub mod wer;

@@ -1,0 +1,473 @@
+//! The on-device conversation: a spoken reply to a recording.
+//!
+//! The graph is capture → resample to 16 kHz → VAD → end-of-speech marker →
+//! speech-to-text → LLM → sentence aggregation → speech synthesis → resample
+//! to the input's rate → playback → WAV writer. Two logging taps collect each
+//! turn's transcript and reply text. Everything runs on the
+//! device; the graph is built for [`PrivacyTier::OnDevice`], so no stage may
+//! open a socket.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use mentis_pipeline::{
+    AudioFormat, Control, EdgeConfig, Emitter, Frame, FrameMeta, GraphBuilder, Payload, PortFormat,
+    PrivacyPolicy, PrivacyTier, Processor, SampleFormat, Session, SessionId, Stage, StageError, StageFuture,
+    StageIo, StageName, StageSpec, TranscriptKind, TurnId, processor,
+};
+use mentis_stages::capture::{CaptureOptions, CaptureSource, FileCapture, Pacing};
+use mentis_stages::llm::{ConversationHistory, HistoryLimits, LlamaConfig, LlamaLlm, SharedHistory};
+use mentis_stages::playback::{EndOfSpeechMarker, Playback, PlaybackLog, TurnEnds};
+use mentis_stages::resample::Resample;
+use mentis_stages::sink::{SinkCounters, SinkOptions, WavSink};
+use mentis_stages::stt::{WhisperConfig, WhisperRecognizer, WhisperStt};
+use mentis_stages::text::SentenceAggregator;
+use mentis_stages::vad::{Vad, VadConfig, WebRtcConfig, WebRtcVad};
+use mentis_stages::wav::ChannelMode;
+use parking_lot::Mutex;
+
+/// The rate every speech model of the pipeline takes.
+pub const SPEECH_RATE: u32 = 16_000;
+
+/// The system prompt used when none is given: short answers suit speech.
+pub const DEFAULT_SYSTEM_PROMPT: &str =
+    "You are a helpful voice assistant. Answer in one or two short, plain sentences.";
+
+/// The voice activity detector that segments the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VadChoice {
+    /// WebRTC VAD: cheap, built in.
+    Webrtc,
+    /// Silero VAD v6 through ONNX Runtime.
+    Silero,
+}
+
+/// The engine that speaks the reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TtsChoice {
+    /// A Piper voice (needs the `piper` feature, which links GPL-3 espeak-ng).
+    Piper,
+    /// flite's slt voice.
+    Flite,
+}
+
+/// Settings of one conversation run.
+#[derive(Debug, Clone)]
+pub struct ConversationConfig {
+    /// The recording of the person speaking: WAV, any rate, mono or stereo.
+    pub input: PathBuf,
+    /// The path of the reply WAV.
+    pub output: PathBuf,
+    /// Real time (what a live user would see) or as fast as possible.
+    pub pacing: Pacing,
+    /// The voice activity detector.
+    pub vad: VadChoice,
+    /// The speech synthesis engine.
+    pub tts: TtsChoice,
+    /// The LLM's system prompt.
+    pub system_prompt: String,
+    /// The maximum number of tokens the LLM generates per reply.
+    pub max_tokens: u32,
+    /// Silence after speech that ends the user's turn.
+    pub end_of_turn_silence: Option<Duration>,
+}
+
+/// The text of one turn: the user's transcript and the reply.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct TurnText {
+    /// The final transcript of the user's speech.
+    pub transcript: String,
+    /// The partial transcripts seen before it.
+    pub partials: usize,
+    /// The reply as the LLM generated it.
+    pub reply: String,
+}
+
+/// Transcripts and replies by turn. Cloning shares the record.
+#[derive(Debug, Clone, Default)]
+pub struct ConversationLog(Arc<Mutex<BTreeMap<TurnId, TurnText>>>);
+
+impl ConversationLog {
+    /// Returns every turn's text, by turn.
+    pub fn turns(&self) -> BTreeMap<TurnId, TurnText> {
+        self.0.lock().clone()
+    }
+}
+
+/// A sink that records transcripts and reply text into a [`ConversationLog`].
+#[derive(Debug)]
+struct LogTap {
+    name: StageName,
+    input: PortFormat,
+    log: ConversationLog,
+}
+
+impl Stage for LogTap {
+    fn spec(&self) -> StageSpec {
+        StageSpec::new(self.name.clone(), self.input, PortFormat::None)
+    }
+
+    fn run<'a>(&'a mut self, io: &'a mut StageIo) -> StageFuture<'a> {
+        Box::pin(async move {
+            while let Some(frame) = io.inbox.recv().await {
+                let mut turns = self.log.0.lock();
+                match &frame.payload {
+                    Payload::Transcript(transcript) => {
+                        let entry = turns.entry(frame.meta.turn).or_default();
+                        match transcript.kind {
+                            TranscriptKind::Final => entry.transcript = transcript.text.clone(),
+                            TranscriptKind::Partial => entry.partials += 1,
+                        }
+                    }
+                    Payload::Text(delta) => turns.entry(frame.meta.turn).or_default().reply.push_str(&delta.text),
+                    _ => {}
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Wraps the LLM so that, before it reads the history for a new turn, every
+/// interrupted reply in the history is cut to the part that was played.
+///
+/// It runs on the LLM's own thread just before the LLM handles the next
+/// transcript, after the LLM recorded its previous reply, so the two never race.
+struct HeardHistory<P> {
+    inner: P,
+    history: SharedHistory,
+    playback: PlaybackLog,
+    trimmed: BTreeSet<TurnId>,
+}
+
+impl<P: Processor> HeardHistory<P> {
+    fn trim_interrupted(&mut self) {
+        for (turn, reply) in self.playback.replies() {
+            if !reply.interrupted || self.trimmed.contains(&turn) {
+                continue;
+            }
+            let mut history = self.history.lock();
+            let Some(full) = history.reply(turn).map(str::to_owned) else {
+                continue;
+            };
+            let heard = played_prefix(&full, reply.played_fraction());
+            if let Err(error) = history.truncate_reply(turn, heard.clone()) {
+                tracing::warn!(turn = turn.0, %error, "could not trim the interrupted reply in the history");
+            } else {
+                tracing::info!(turn = turn.0, played = heard.len(), generated = full.len(), "trimmed interrupted reply");
+            }
+            self.trimmed.insert(turn);
+        }
+    }
+}
+
+/// Returns the words of `reply` that fit in `fraction` of its characters.
+///
+/// NOTE: this assumes the played share of the synthesized audio matches the
+/// share of the reply text. When synthesis lagged behind generation at the
+/// interrupt, it keeps more text than was heard.
+pub fn played_prefix(reply: &str, fraction: f64) -> String {
+    let budget = (reply.chars().count() as f64 * fraction.clamp(0.0, 1.0)).round() as usize;
+    let mut kept = String::new();
+    let mut used = 0;
+    for word in reply.split_whitespace() {
+        let cost = word.chars().count() + usize::from(!kept.is_empty());
+        if used + cost > budget {
+            break;
+        }
+        if !kept.is_empty() {
+            kept.push(' ');
+        }
+        kept.push_str(word);
+        used += cost;
+    }
+    kept
+}
+
+impl<P: Processor> Processor for HeardHistory<P> {
+    fn spec(&self) -> StageSpec {
+        self.inner.spec()
+    }
+
+    fn process(&mut self, frame: Frame, out: &mut Emitter<'_>) -> Result<(), StageError> {
+        if matches!(&frame.payload, Payload::Transcript(t) if t.kind == TranscriptKind::Final) {
+            self.trim_interrupted();
+        }
+        self.inner.process(frame, out)
+    }
+
+    fn control(&mut self, control: &Control, meta: &FrameMeta, out: &mut Emitter<'_>) -> Result<(), StageError> {
+        self.inner.control(control, meta, out)
+    }
+
+    fn finish(&mut self, out: &mut Emitter<'_>) -> Result<(), StageError> {
+        self.inner.finish(out)
+    }
+}
+
+/// Counts the input's media time as it passes, for a progress display.
+#[derive(Debug)]
+struct ProgressTap {
+    name: StageName,
+    format: AudioFormat,
+    position_nanos: Arc<AtomicU64>,
+}
+
+impl Processor for ProgressTap {
+    fn spec(&self) -> StageSpec {
+        StageSpec::new(self.name.clone(), PortFormat::Audio(self.format), PortFormat::Audio(self.format))
+    }
+
+    fn process(&mut self, frame: Frame, out: &mut Emitter<'_>) -> Result<(), StageError> {
+        let end = frame.meta.timestamp.add(frame.media_duration());
+        self.position_nanos.fetch_max(end.0, Ordering::Relaxed);
+        out.emit(frame);
+        Ok(())
+    }
+}
+
+/// An error that prevents building a conversation.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A stage could not be constructed.
+    #[error("cannot set up stage {stage}: {message}")]
+    Stage {
+        /// The stage.
+        stage: &'static str,
+        /// The failure and its fix.
+        message: String,
+    },
+    /// The graph is invalid.
+    #[error(transparent)]
+    Graph(#[from] mentis_pipeline::GraphError),
+    /// A stage name is invalid.
+    #[error(transparent)]
+    Name(#[from] mentis_pipeline::id::InvalidStageName),
+}
+
+fn stage_error(stage: &'static str) -> impl Fn(&dyn std::fmt::Display) -> BuildError {
+    move |error| BuildError::Stage { stage, message: error.to_string() }
+}
+
+/// A running conversation and the handles to read its results.
+#[derive(Debug)]
+pub struct Conversation {
+    /// The running session.
+    pub session: Session,
+    /// Transcripts and replies by turn.
+    pub log: ConversationLog,
+    /// How much of each reply was played.
+    pub playback: PlaybackLog,
+    /// The conversation history the LLM keeps.
+    pub history: SharedHistory,
+    /// Counters of the reply WAV.
+    pub output: SinkCounters,
+    /// The input's format.
+    pub input_format: AudioFormat,
+    /// The input's length.
+    pub input_duration: Duration,
+    /// Media time of the input that has passed capture.
+    pub position_nanos: Arc<AtomicU64>,
+}
+
+fn name(text: &str) -> Result<StageName, BuildError> {
+    Ok(StageName::new(text)?)
+}
+
+/// Builds the graph and starts the session on the current tokio runtime.
+pub fn start(config: &ConversationConfig, session: SessionId) -> Result<Conversation, BuildError> {
+    let mut graph = GraphBuilder::new(PrivacyPolicy::new(PrivacyTier::OnDevice));
+    let log = ConversationLog::default();
+    let playback_log = PlaybackLog::default();
+    let position_nanos = Arc::new(AtomicU64::new(0));
+
+    // Audio in: capture paced like a microphone (or not), mono f32.
+    let capture_options = CaptureOptions {
+        sample_format: SampleFormat::F32,
+        channel_mode: ChannelMode::Downmix,
+        pacing: config.pacing,
+        ..CaptureOptions::default()
+    };
+    let capture = FileCapture::open(name("capture")?, CaptureSource::Wav(config.input.clone()), capture_options)
+        .map_err(|error| stage_error("capture")(&error))?;
+    let input_format = capture.format();
+    let input_duration = wav_duration(&config.input).unwrap_or(Duration::ZERO);
+    let capture = graph.add(capture);
+    let progress = graph.add(processor(ProgressTap {
+        name: name("progress")?,
+        format: input_format,
+        position_nanos: Arc::clone(&position_nanos),
+    }));
+    // Paced like a microphone, the audio edge keeps at most 200 ms and drops
+    // the oldest audio, so a stalled consumer cannot build up latency. Read
+    // as fast as possible, the input outruns real time, so the edge blocks.
+    let audio_edge = match config.pacing {
+        Pacing::RealTime => EdgeConfig::realtime_audio(Duration::from_millis(200)),
+        Pacing::AsFastAsPossible => EdgeConfig::lossless(16),
+    };
+    // Speech, text and reply audio must not be lost: lossless edges.
+    let lossless = EdgeConfig::lossless(64);
+    graph.connect(capture, progress, EdgeConfig::lossless(16));
+
+    let speech_format = AudioFormat::mono_f32(SPEECH_RATE);
+    let to_speech_rate = if input_format.sample_rate == SPEECH_RATE {
+        progress
+    } else {
+        let resample = Resample::new(name("resample-in")?, input_format, SPEECH_RATE)
+            .map_err(|error| stage_error("resample-in")(&error))?;
+        let resample = graph.add(processor(resample));
+        graph.connect(progress, resample, EdgeConfig::lossless(16));
+        resample
+    };
+
+    // Voice activity detection cuts turns and raises interrupts.
+    let vad = build_vad(config)?;
+    let vad = graph.add(vad);
+    graph.connect(to_speech_rate, vad, audio_edge);
+    let turn_ends = TurnEnds::default();
+    let marker = EndOfSpeechMarker::new(name("end-of-speech")?, PortFormat::Audio(speech_format))
+        .with_turn_ends(turn_ends.clone());
+    let marker = graph.add(processor(marker));
+    graph.connect(vad, marker, lossless);
+
+    // Speech to text.
+    let recognizer = WhisperRecognizer::new(WhisperConfig::tiny_en()).map_err(|error| stage_error("stt")(&error))?;
+    let stt = graph.add(processor(WhisperStt::new(name("stt")?, recognizer)));
+    graph.connect(marker, stt, EdgeConfig::lossless(512));
+    let transcript_log = graph.add(LogTap { name: name("transcript-log")?, input: PortFormat::Transcript, log: log.clone() });
+    graph.connect(stt, transcript_log, lossless);
+
+    // The LLM, with the history trimmed to what the user heard.
+    let history = ConversationHistory::new(config.system_prompt.clone(), HistoryLimits::default()).shared();
+    let llm_config = LlamaConfig::smollm2().with_max_new_tokens(config.max_tokens);
+    let llm = LlamaLlm::new(name("llm")?, llm_config, Arc::clone(&history)).map_err(|error| stage_error("llm")(&error))?;
+    let llm = graph.add(processor(HeardHistory {
+        inner: llm,
+        history: Arc::clone(&history),
+        playback: playback_log.clone(),
+        trimmed: BTreeSet::new(),
+    }));
+    graph.connect(stt, llm, lossless);
+    let reply_log = graph.add(LogTap { name: name("reply-log")?, input: PortFormat::Text, log: log.clone() });
+    graph.connect(llm, reply_log, EdgeConfig::lossless(1_024));
+
+    // Sentences to speech.
+    let aggregator = graph.add(processor(SentenceAggregator::new(name("sentences")?)));
+    graph.connect(llm, aggregator, EdgeConfig::lossless(1_024));
+    let (tts, voice_rate) = build_tts(config)?;
+    let tts = graph.add(tts);
+    graph.connect(aggregator, tts, lossless);
+
+    // Reply audio back to the input's rate, played on the session timeline.
+    let output_format = AudioFormat::mono_f32(input_format.sample_rate);
+    let reply_audio = if voice_rate == output_format.sample_rate {
+        tts
+    } else {
+        let resample = Resample::new(name("resample-out")?, AudioFormat::mono_f32(voice_rate), output_format.sample_rate)
+            .map_err(|error| stage_error("resample-out")(&error))?;
+        let resample = graph.add(processor(resample));
+        // A reply is synthesized faster than it plays, so this edge has room for a
+        // whole reply: 1,024 frames of 20 ms is about 20 s.
+        graph.connect(tts, resample, EdgeConfig::lossless(1_024));
+        resample
+    };
+    let playback = Playback::new(name("playback")?, output_format, config.pacing, playback_log.clone())
+        .with_turn_ends(turn_ends);
+    let playback = graph.add(playback);
+    graph.connect(reply_audio, playback, EdgeConfig::lossless(1_024));
+    let sink_options = SinkOptions { format: Some(output_format), file_sample_format: Some(SampleFormat::I16), timeline: true };
+    let (writer, output) =
+        WavSink::create(name("reply-wav")?, &config.output, sink_options).map_err(|error| stage_error("reply-wav")(&error))?;
+    let writer = graph.add(writer);
+    graph.connect(playback, writer, EdgeConfig::lossless(1_024));
+
+    let session = graph.build()?.start(session);
+    Ok(Conversation {
+        session,
+        log,
+        playback: playback_log,
+        history,
+        output,
+        input_format,
+        input_duration,
+        position_nanos,
+    })
+}
+
+fn build_vad(config: &ConversationConfig) -> Result<Box<dyn Stage>, BuildError> {
+    let stage_name = name("vad")?;
+    match config.vad {
+        VadChoice::Webrtc => {
+            let detector = WebRtcVad::new(WebRtcConfig::new(SPEECH_RATE)).map_err(|error| stage_error("vad")(&error))?;
+            let mut vad_config = VadConfig::for_detector(&detector);
+            vad_config.sample_format = SampleFormat::F32;
+            if let Some(silence) = config.end_of_turn_silence {
+                vad_config.segmenter.end_silence = silence;
+            }
+            let vad = Vad::with_config(stage_name, detector, vad_config).map_err(|error| stage_error("vad")(&error))?;
+            Ok(processor(vad))
+        }
+        VadChoice::Silero => {
+            use mentis_stages::vad::{SileroConfig, SileroVad};
+            let detector = SileroVad::new(SileroConfig::new(SPEECH_RATE)).map_err(|error| stage_error("vad")(&error))?;
+            let mut vad_config = VadConfig::for_detector(&detector);
+            vad_config.sample_format = SampleFormat::F32;
+            if let Some(silence) = config.end_of_turn_silence {
+                vad_config.segmenter.end_silence = silence;
+            }
+            let vad = Vad::with_config(stage_name, detector, vad_config).map_err(|error| stage_error("vad")(&error))?;
+            Ok(processor(vad))
+        }
+    }
+}
+
+fn build_tts(config: &ConversationConfig) -> Result<(Box<dyn Stage>, u32), BuildError> {
+    match config.tts {
+        TtsChoice::Flite => {
+            let tts = mentis_stages::tts::FliteTts::slt(name("tts")?).map_err(|error| stage_error("tts")(&error))?;
+            let rate = output_rate(&tts.spec());
+            Ok((processor(tts), rate))
+        }
+        #[cfg(feature = "piper")]
+        TtsChoice::Piper => {
+            use mentis_stages::tts::{Piper, PiperConfig, PiperTts};
+            let engine = Piper::new(PiperConfig::joe()).map_err(|error| stage_error("tts")(&error))?;
+            let tts = PiperTts::new(name("tts")?, engine).map_err(|error| stage_error("tts")(&error))?;
+            let rate = output_rate(&tts.spec());
+            Ok((processor(tts), rate))
+        }
+        #[cfg(not(feature = "piper"))]
+        TtsChoice::Piper => Err(BuildError::Stage {
+            stage: "tts",
+            message: "the Piper voice needs the `piper` feature (it links GPL-3 espeak-ng); rebuild with \
+                      `--features piper` or choose flite"
+                .to_owned(),
+        }),
+    }
+}
+
+fn output_rate(spec: &StageSpec) -> u32 {
+    match spec.output {
+        PortFormat::Audio(format) => format.sample_rate,
+        _ => SPEECH_RATE,
+    }
+}
+
+/// Returns the playing time the WAV header of `path` declares, if it declares a size.
+fn wav_duration(path: &Path) -> Option<Duration> {
+    let reader = mentis_stages::wav::open_wav(path).ok()?;
+    let header = reader.header()?;
+    let frames = header.data_size? / header.spec.block_align().max(1) as u64;
+    Some(Duration::from_secs_f64(frames as f64 / f64::from(header.spec.sample_rate.max(1))))
+}
+
+/// Returns the default reply path next to the input: `NAME.reply.wav`.
+pub fn default_output(input: &Path) -> PathBuf {
+    let stem = input.file_stem().map_or_else(|| "input".into(), |stem| stem.to_string_lossy().into_owned());
+    input.with_file_name(format!("{stem}.reply.wav"))
+}
