@@ -75,6 +75,8 @@ pub struct ConversationConfig {
     pub max_tokens: u32,
     /// Silence after speech that ends the user's turn.
     pub end_of_turn_silence: Option<Duration>,
+    /// Threads llama.cpp decodes with.
+    pub llm_threads: u16,
 }
 
 /// The text of one turn: the user's transcript and the reply.
@@ -344,7 +346,11 @@ pub fn start(config: &ConversationConfig, session: SessionId) -> Result<Conversa
 
     // The LLM, with the history trimmed to what the user heard.
     let history = ConversationHistory::new(config.system_prompt.clone(), HistoryLimits::default()).shared();
-    let llm_config = LlamaConfig::smollm2().with_max_new_tokens(config.max_tokens);
+    // One thread: llama.cpp's threads spin while they wait for each other, so
+    // two of them on a 2-core machine that also runs speech recognition and
+    // synthesis decode several times slower than one.
+    let mut llm_config = LlamaConfig::smollm2().with_max_new_tokens(config.max_tokens);
+    llm_config.threads = config.llm_threads;
     let llm = LlamaLlm::new(name("llm")?, llm_config, Arc::clone(&history)).map_err(|error| stage_error("llm")(&error))?;
     let llm = graph.add(processor(HeardHistory {
         inner: llm,

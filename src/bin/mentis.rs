@@ -71,6 +71,10 @@ struct ConverseArgs {
     /// Silence after speech that ends a turn, in milliseconds [default: the VAD's].
     #[arg(long)]
     end_silence_ms: Option<u64>,
+    /// Threads the LLM decodes with. On 2 cores shared with speech
+    /// recognition and synthesis, 1 is fastest.
+    #[arg(long, default_value_t = 1)]
+    llm_threads: u16,
 }
 
 const fn default_tts() -> TtsArg {
@@ -127,6 +131,7 @@ async fn converse(args: ConverseArgs) -> Result<(), Box<dyn std::error::Error>> 
         system_prompt: args.system_prompt.clone(),
         max_tokens: args.max_tokens,
         end_of_turn_silence: args.end_silence_ms.map(Duration::from_millis),
+        llm_threads: args.llm_threads,
     };
 
     eprintln!("loading models and building the on-device pipeline...");

@@ -4,6 +4,8 @@
 //! a model file sit behind a cargo feature (see `Cargo.toml`).
 
 pub mod capture;
+#[cfg(feature = "device")]
+pub mod device;
 pub mod llm;
 pub mod models;
 pub mod opus;

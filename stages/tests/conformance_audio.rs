@@ -131,6 +131,13 @@ fn check_resampler<P: Processor>(
         assert_contiguous(&format!("{label}, after {control:?}"), &output, START);
     }
 
+    // A second session after end of stream repeats the first.
+    let mut harness = Harness::new(make(format, output_rate));
+    harness.run(whole.clone());
+    let output = harness.run(whole.clone());
+    assert_same_samples(&format!("{label}, second session"), &samples_of(&output), &reference_samples);
+    assert_contiguous(&format!("{label}, second session"), &output, START);
+
     // A session without input flushes nothing.
     let output = Harness::new(make(format, output_rate)).finish();
     assert!(output.is_empty(), "{label}: an empty session emitted {} frames", output.len());
@@ -260,6 +267,16 @@ fn check_codec<E: Processor, D: Processor>(
         assert_eq!(samples_of(&output), samples_of(&decoded), "{label}: decoded samples after {control:?}");
         assert_contiguous(&format!("{label}, decoded after {control:?}"), &output, START);
     }
+
+    // A second session after end of stream repeats the first, at both ends.
+    let mut encoder = Harness::new(make_encoder(format));
+    encoder.run(whole.clone());
+    let output = encoder.run(whole.clone());
+    assert_eq!(summarize(&label, &output), summary, "{label}: packets of a second session");
+    let mut decoder = Harness::new(make_decoder(format));
+    decoder.run(packets.clone());
+    let output = decoder.run(packets.clone());
+    assert_eq!(samples_of(&output), samples_of(&decoded), "{label}: decoded samples of a second session");
 
     // A session without input encodes nothing.
     let output = Harness::new(make_encoder(format)).finish();

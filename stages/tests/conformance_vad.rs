@@ -217,12 +217,13 @@ fn summarize(frames: &[Frame]) -> Vec<Item> {
         let turn = frame.meta.turn.0;
         match &frame.payload {
             Payload::Audio(audio) => {
-                if let Some(Item::Audio { turn: last_turn, samples, .. }) = items.last_mut() {
-                    if *last_turn == turn && next_start == Some(frame.meta.timestamp) {
-                        *samples += audio.frames();
-                        next_start = Some(frame.meta.timestamp.add(audio.duration()));
-                        continue;
-                    }
+                if let Some(Item::Audio { turn: last_turn, samples, .. }) = items.last_mut()
+                    && *last_turn == turn
+                    && next_start == Some(frame.meta.timestamp)
+                {
+                    *samples += audio.frames();
+                    next_start = Some(frame.meta.timestamp.add(audio.duration()));
+                    continue;
                 }
                 next_start = Some(frame.meta.timestamp.add(audio.duration()));
                 items.push(Item::Audio { turn, start: frame.meta.timestamp, samples: audio.frames() });

@@ -148,11 +148,12 @@ fn summarize(frames: &[Frame]) -> Vec<Item> {
         match &frame.payload {
             Payload::Audio(audio) => {
                 let end = at + audio.frames() as u64;
-                if let Some(Item::Audio { turn: last_turn, end: last_end, .. }) = items.last_mut() {
-                    if *last_turn == turn && *last_end == at {
-                        *last_end = end;
-                        continue;
-                    }
+                if let Some(Item::Audio { turn: last_turn, end: last_end, .. }) = items.last_mut()
+                    && *last_turn == turn
+                    && *last_end == at
+                {
+                    *last_end = end;
+                    continue;
                 }
                 items.push(Item::Audio { turn, start: at, end });
             }

