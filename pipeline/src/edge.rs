@@ -324,9 +324,10 @@ impl State {
     }
 
     /// Discards queued data frames of `turn` and earlier, returning how many.
+    /// Frames of no turn ([`TurnId::NONE`]), such as audio before speech, stay.
     fn discard_through(&mut self, turn: TurnId) -> u64 {
         let before = self.data.len();
-        self.data.retain(|queued| queued.frame.meta.turn > turn);
+        self.data.retain(|queued| queued.frame.meta.turn > turn || queued.frame.meta.turn == TurnId::NONE);
         self.queued_media = self.data.iter().map(|queued| queued.frame.media_duration()).sum();
         (before - self.data.len()) as u64
     }

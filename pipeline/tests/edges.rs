@@ -52,6 +52,20 @@ async fn interrupt_discards_queued_frames_of_its_turn() {
 }
 
 #[tokio::test]
+async fn interrupt_keeps_frames_of_no_turn() {
+    let (sender, mut receiver) = channel("capture -> vad", EdgeConfig::lossless(64));
+    sender.send(audio(0, TurnId::NONE)).await.expect("receiver alive");
+    sender.send(audio(1, TurnId(2))).await.expect("receiver alive");
+    sender.send(audio(2, TurnId::NONE)).await.expect("receiver alive");
+    sender.send(control(TurnId(2), Control::Interrupt)).await.expect("receiver alive");
+
+    let frames = drain(&mut receiver);
+    let kept: Vec<u64> = frames[1..].iter().map(|frame| frame.meta.seq).collect();
+    assert_eq!(kept, vec![0, 2], "audio outside any turn is not part of the interrupted reply");
+    assert_eq!(receiver.metrics().drops(DropReason::Interrupted), 1);
+}
+
+#[tokio::test]
 async fn end_of_stream_stays_behind_data() {
     let (sender, mut receiver) = channel("a -> b", EdgeConfig::lossless(8));
     sender.send(audio(0, TurnId::NONE)).await.expect("receiver alive");

@@ -156,7 +156,7 @@ pub enum VadConfigError {
         "ONNX Runtime library not found at {path}: run `scripts/setup --audio` to download it, or set ORT_DYLIB_PATH to the path of libonnxruntime.so"
     )]
     RuntimeNotFound {
-        /// Where the library was looked for.
+        /// The path that was checked.
         path: std::path::PathBuf,
     },
     /// The ONNX Runtime library exists but could not be loaded.
@@ -183,7 +183,7 @@ pub enum VadConfigError {
         "Silero VAD model not found at {path}: run `scripts/setup --audio` to download it, or set MENTIS_MODELS to the folder that contains silero/silero_vad.onnx"
     )]
     ModelNotFound {
-        /// Where the model was looked for.
+        /// The path that was checked.
         path: std::path::PathBuf,
     },
     /// ONNX Runtime could not load the model file.
@@ -319,7 +319,7 @@ impl<T: Copy> Rechunker<T> {
 /// Settings of a [`Vad`] stage.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct VadConfig {
-    /// How probabilities become segments.
+    /// The rules that turn probabilities into segments.
     pub segmenter: SegmenterConfig,
     /// The sample format of the audio the stage accepts and emits.
     pub sample_format: SampleFormat,
@@ -387,25 +387,26 @@ impl HeldAudio {
 ///    frame, which is where the segment's audio ends.
 /// 5. [`Control::EndOfTurn`] with the same turn id and timestamp, unless the
 ///    segment was split at [`SegmenterConfig::max_segment`]. The turn's
-///    [`TurnMark::EndOfSpeech`] latency mark is recorded at that moment. A split segment is
-///    followed at once by its continuation (steps 2 to 5, new turn id, no
-///    interrupt), so one `EndOfTurn` closes every segment since the previous one.
+///    [`TurnMark::EndOfSpeech`] latency mark is recorded at that moment. A
+///    split segment is followed at once by its continuation (steps 2 to 5,
+///    new turn id, no interrupt), so one `EndOfTurn` closes every segment
+///    since the previous one.
 ///
 /// At end of stream an open segment stops as in steps 4 and 5, and the
 /// remaining audio leaves with [`TurnId::NONE`].
 ///
 /// # Latency and memory
 ///
-/// Audio is held until the segmenter has decided it: outside speech that is
-/// the pre-roll plus the minimum speech plus one frame, and after the last
-/// speech frame of a segment up to `end_silence`, because that silence
-/// joins the segment only if speech resumes. During speech the delay is
-/// under one detector frame. The events come out as soon as they are
-/// decided, so `SpeechStopped` leaves `end_silence` after the speech ended.
+/// Audio is held until the segmenter has placed it. Outside speech that is up
+/// to the pre-roll plus the minimum speech plus one detector frame. After the
+/// last speech frame of a segment it is up to `end_silence` plus one frame,
+/// because that silence joins the segment only if speech resumes. During
+/// speech the delay is under one frame. The events come out as soon as they
+/// are decided, so `SpeechStopped` leaves `end_silence` after the speech ended.
 ///
 /// Control frames from upstream are passed on at once by the runtime and may
-/// overtake held audio. `Flush` does not discard held audio: it is at most
-/// the pre-roll plus `end_silence` long and still needed to place segments.
+/// overtake held audio. `Flush` does not discard held audio, which is bounded
+/// as above and still needed to place segments.
 pub struct Vad<D> {
     name: StageName,
     detector: D,
@@ -417,6 +418,7 @@ pub struct Vad<D> {
     fed: u64,
     /// Media time right after the last sample given to the detector.
     fed_end_time: MediaTime,
+    /// Audio not yet released, in stream order.
     held: VecDeque<HeldAudio>,
     /// The turn of the open segment.
     open_turn: Option<TurnId>,

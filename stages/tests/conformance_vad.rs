@@ -15,7 +15,8 @@
 //!
 //! Needs `pocketsphinx-testdata` (`apt-get install pocketsphinx-testdata`)
 //! and, for Silero, the files `scripts/setup --audio` downloads. Tests fail
-//! rather than skip when either is missing.
+//! rather than skip when either is missing. The Silero tests are compiled
+//! only with the `silero` feature, which is on by default.
 
 mod common;
 
@@ -24,11 +25,10 @@ use std::time::Duration;
 
 use common::harness::{Harness, assert_contiguous, audio_blocks, stage_name, with_empty_blocks};
 use mentis_pipeline::frame::Payload;
-use mentis_pipeline::stage::Processor;
-use mentis_pipeline::{AudioFormat, Control, Frame, MediaTime, SampleFormat, SessionId, TurnId};
-use mentis_stages::vad::{
-    Pcm, SegmentEvent, Segmenter, SileroConfig, SileroVad, Vad, VadConfig, VoiceDetector, WebRtcConfig, WebRtcVad,
-};
+use mentis_pipeline::{Control, Frame, MediaTime, SampleFormat, TurnId};
+#[cfg(feature = "silero")]
+use mentis_stages::vad::{SileroConfig, SileroVad};
+use mentis_stages::vad::{Pcm, SegmentEvent, Segmenter, Vad, VadConfig, VoiceDetector, WebRtcConfig, WebRtcVad};
 use mentis_stages::wav::PcmReader;
 
 // ---------------------------------------------------------------------------
@@ -157,6 +157,7 @@ fn webrtc_detector(rate: u32) -> WebRtcVad {
 
 /// Loads Silero; fails the test with the setup hint when the runtime or the
 /// model is missing.
+#[cfg(feature = "silero")]
 fn silero_detector(rate: u32) -> SileroVad {
     match SileroVad::new(SileroConfig::new(rate)) {
         Ok(detector) => detector,
@@ -168,6 +169,7 @@ fn webrtc_vad(rate: u32, sample_format: SampleFormat) -> Vad<WebRtcVad> {
     vad_with_format(webrtc_detector(rate), sample_format)
 }
 
+#[cfg(feature = "silero")]
 fn silero_vad(rate: u32, sample_format: SampleFormat) -> Vad<SileroVad> {
     vad_with_format(silero_detector(rate), sample_format)
 }
@@ -544,12 +546,14 @@ macro_rules! vad_conformance {
 }
 
 vad_conformance!(webrtc, webrtc_vad, webrtc_detector);
+#[cfg(feature = "silero")]
 vad_conformance!(silero, silero_vad, silero_detector);
 
 // ---------------------------------------------------------------------------
 // Detector-specific checks
 // ---------------------------------------------------------------------------
 
+#[cfg(feature = "silero")]
 #[test]
 fn silero_missing_model_names_path_and_setup() {
     let config = SileroConfig { sample_rate: RATE, model_path: PathBuf::from("/nonexistent/silero_vad.onnx") };
@@ -559,6 +563,7 @@ fn silero_missing_model_names_path_and_setup() {
     assert!(message.contains("scripts/setup --audio"), "{message}");
 }
 
+#[cfg(feature = "silero")]
 #[test]
 fn silero_rejects_unsupported_rate() {
     let Err(error) = SileroVad::new(SileroConfig::new(48_000)) else { panic!("48 kHz accepted") };
@@ -567,8 +572,11 @@ fn silero_rejects_unsupported_rate() {
     assert!(message.contains("16000"), "{message}");
 }
 
+#[cfg(feature = "silero")]
 #[test]
 fn silero_stage_runs_on_blocking_thread() {
+    use mentis_pipeline::stage::Processor;
+
     let vad = silero_vad(RATE, SampleFormat::I16);
     assert_eq!(vad.spec().execution, mentis_pipeline::Execution::Blocking);
     let vad = webrtc_vad(RATE, SampleFormat::I16);
@@ -577,10 +585,13 @@ fn silero_stage_runs_on_blocking_thread() {
 
 /// Runs the Silero stage inside a real pipeline, where it runs on a blocking
 /// thread, and checks that it emits what the direct calls emit.
+#[cfg(feature = "silero")]
 #[test]
 fn silero_in_pipeline_matches_direct_run() {
     use mentis_pipeline::basic::{ChannelSink, ChannelSource};
-    use mentis_pipeline::{EdgeConfig, GraphBuilder, PortFormat, PrivacyPolicy, PrivacyTier, processor};
+    use mentis_pipeline::{
+        AudioFormat, EdgeConfig, GraphBuilder, PortFormat, PrivacyPolicy, PrivacyTier, SessionId, processor,
+    };
 
     let input = two_utterances();
     let direct = summarize(&run_blocks(silero_vad(RATE, SampleFormat::I16), &input, 320, false));

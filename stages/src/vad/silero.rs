@@ -5,8 +5,9 @@
 //! and `sr` int64 (a scalar). At 16 kHz a frame is 512 new samples behind the
 //! last 64 samples of the previous frame (256 behind 32 at 8 kHz). It
 //! returns `output` f32 `[1, 1]`, the speech probability of the frame, and
-//! `stateN`, the state to pass to the next call. Without the context samples
-//! the probability stays near zero.
+//! `stateN`, the state to pass to the next call. The context matters: fed 512
+//! samples alone, the model rated no frame of a LibriVox clip above 0.07,
+//! against 0.99 with the context in front.
 //!
 //! ONNX Runtime is loaded at run time (`ort` with `load-dynamic`) from
 //! `ORT_DYLIB_PATH`, or from `onnxruntime/libonnxruntime.so.1.32.0` in the

@@ -19,7 +19,7 @@ pub const SUPPORTED_RATES: &[u32] = &[8_000, 16_000, 32_000, 48_000];
 /// Frame durations libfvad accepts, in milliseconds.
 pub const SUPPORTED_FRAME_MS: &[u32] = &[10, 20, 30];
 
-/// How readily libfvad reports speech. Higher modes report speech less often:
+/// libfvad's aggressiveness mode. Higher modes report speech less often:
 /// fewer false alarms in noise, more missed soft speech.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Aggressiveness {
@@ -51,7 +51,7 @@ pub struct WebRtcConfig {
     pub sample_rate: u32,
     /// Frame duration, in milliseconds: 10, 20 or 30.
     pub frame_ms: u32,
-    /// How readily speech is reported.
+    /// The aggressiveness mode.
     pub aggressiveness: Aggressiveness,
 }
 
