@@ -19,7 +19,7 @@ use mentis_pipeline::{
     StageIo, StageName, StageSpec, TranscriptKind, TurnId, processor,
 };
 use mentis_stages::capture::{CaptureOptions, CaptureSource, FileCapture, Pacing};
-use mentis_stages::llm::{ConversationHistory, HistoryLimits, LlamaConfig, LlamaLlm, SharedHistory};
+use mentis_stages::llm::{ConversationHistory, GenerationLog, HistoryLimits, LlamaConfig, LlamaLlm, SharedHistory};
 use mentis_stages::playback::{EndOfSpeechMarker, Playback, PlaybackLog, TurnEnds};
 use mentis_stages::resample::Resample;
 use mentis_stages::sink::{SinkCounters, SinkOptions, WavSink};
@@ -137,9 +137,8 @@ impl Stage for LogTap {
 
 /// Wraps the LLM so that, before it reads the history for a new turn, every
 /// interrupted reply in the history is cut to the part that was played.
-///
-/// It runs on the LLM's own thread just before the LLM handles the next
-/// transcript, after the LLM recorded its previous reply, so the two never race.
+/// The trimming runs on the LLM's own thread, just before the LLM handles
+/// the next transcript and after it recorded its previous reply.
 struct HeardHistory<P> {
     inner: P,
     history: SharedHistory,
@@ -148,22 +147,28 @@ struct HeardHistory<P> {
 }
 
 impl<P: Processor> HeardHistory<P> {
-    fn trim_interrupted(&mut self) {
-        for (turn, reply) in self.playback.replies() {
-            if !reply.interrupted || self.trimmed.contains(&turn) {
-                continue;
-            }
-            let mut history = self.history.lock();
-            let Some(full) = history.reply(turn).map(str::to_owned) else {
-                continue;
+    /// Cuts every reply before `current` to what was heard of it. A new turn
+    /// starts only after the voice activity detector interrupted the earlier
+    /// ones, so a reply that playback never started was not heard at all.
+    fn trim_unheard(&mut self, current: TurnId) {
+        let mut history = self.history.lock();
+        let earlier: Vec<(TurnId, String)> = history
+            .exchanges()
+            .filter(|exchange| exchange.turn < current && !self.trimmed.contains(&exchange.turn))
+            .map(|exchange| (exchange.turn, exchange.reply.clone()))
+            .collect();
+        for (turn, full) in earlier {
+            self.trimmed.insert(turn);
+            let heard = match self.playback.reply(turn) {
+                Some(reply) if !reply.interrupted => continue,
+                Some(reply) => played_prefix(&full, reply.played_fraction()),
+                None => String::new(),
             };
-            let heard = played_prefix(&full, reply.played_fraction());
             if let Err(error) = history.truncate_reply(turn, heard.clone()) {
                 tracing::warn!(turn = turn.0, %error, "could not trim the interrupted reply in the history");
             } else {
-                tracing::info!(turn = turn.0, played = heard.len(), generated = full.len(), "trimmed interrupted reply");
+                tracing::info!(turn = turn.0, heard = heard.len(), generated = full.len(), "trimmed interrupted reply");
             }
-            self.trimmed.insert(turn);
         }
     }
 }
@@ -198,7 +203,7 @@ impl<P: Processor> Processor for HeardHistory<P> {
 
     fn process(&mut self, frame: Frame, out: &mut Emitter<'_>) -> Result<(), StageError> {
         if matches!(&frame.payload, Payload::Transcript(t) if t.kind == TranscriptKind::Final) {
-            self.trim_interrupted();
+            self.trim_unheard(frame.meta.turn);
         }
         self.inner.process(frame, out)
     }
@@ -275,6 +280,10 @@ pub struct Conversation {
     pub input_duration: Duration,
     /// Media time of the input that has passed capture.
     pub position_nanos: Arc<AtomicU64>,
+    /// When each turn ended and when its speech was announced.
+    pub turn_times: TurnEnds,
+    /// The LLM's measurements of each reply.
+    pub generations: GenerationLog,
 }
 
 fn name(text: &str) -> Result<StageName, BuildError> {
@@ -352,6 +361,7 @@ pub fn start(config: &ConversationConfig, session: SessionId) -> Result<Conversa
     let mut llm_config = LlamaConfig::smollm2().with_max_new_tokens(config.max_tokens);
     llm_config.threads = config.llm_threads;
     let llm = LlamaLlm::new(name("llm")?, llm_config, Arc::clone(&history)).map_err(|error| stage_error("llm")(&error))?;
+    let generations = llm.generation_log();
     let llm = graph.add(processor(HeardHistory {
         inner: llm,
         history: Arc::clone(&history),
@@ -383,7 +393,7 @@ pub fn start(config: &ConversationConfig, session: SessionId) -> Result<Conversa
         resample
     };
     let playback = Playback::new(name("playback")?, output_format, config.pacing, playback_log.clone())
-        .with_turn_ends(turn_ends);
+        .with_turn_ends(turn_ends.clone());
     let playback = graph.add(playback);
     graph.connect(reply_audio, playback, EdgeConfig::lossless(1_024));
     let sink_options = SinkOptions { format: Some(output_format), file_sample_format: Some(SampleFormat::I16), timeline: true };
@@ -402,6 +412,8 @@ pub fn start(config: &ConversationConfig, session: SessionId) -> Result<Conversa
         input_format,
         input_duration,
         position_nanos,
+        turn_times: turn_ends,
+        generations,
     })
 }
 
@@ -476,4 +488,31 @@ fn wav_duration(path: &Path) -> Option<Duration> {
 pub fn default_output(input: &Path) -> PathBuf {
     let stem = input.file_stem().map_or_else(|| "input".into(), |stem| stem.to_string_lossy().into_owned());
     input.with_file_name(format!("{stem}.reply.wav"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::played_prefix;
+
+    #[test]
+    fn played_prefix_keeps_whole_words() {
+        let reply = "The capital of France is Paris.";
+        assert_eq!(played_prefix(reply, 1.0), reply);
+        assert_eq!(played_prefix(reply, 0.0), "");
+        // Half of 31 characters is 16: "The capital of" (14) fits, "France" does not.
+        assert_eq!(played_prefix(reply, 0.5), "The capital of");
+    }
+
+    #[test]
+    fn played_prefix_clamps_fraction() {
+        assert_eq!(played_prefix("one two", 7.0), "one two");
+        assert_eq!(played_prefix("one two", -1.0), "");
+        assert_eq!(played_prefix("", 0.5), "");
+    }
+
+    #[test]
+    fn played_prefix_counts_characters_not_bytes() {
+        // Eight characters, sixteen bytes: half keeps the first word of four.
+        assert_eq!(played_prefix("日本語 たのしい", 0.5), "日本語");
+    }
 }

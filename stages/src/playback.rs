@@ -39,6 +39,9 @@ pub struct PlayedReply {
     pub played: Duration,
     /// Whether an interrupt cut the reply.
     pub interrupted: bool,
+    /// When the interrupt took effect: no frame of the reply left the stage
+    /// after this moment, and the last one ends at most one frame later.
+    pub stopped_at: Option<std::time::Instant>,
 }
 
 impl PlayedReply {
@@ -79,18 +82,37 @@ impl PlaybackLog {
 /// ends a turn, and [`Playback`] reads it. The `EndOfTurn` event itself
 /// reaches playback only after the LLM has finished the reply, later than
 /// the reply's first audio.
+///
+/// It also records when the voice activity detector announced each turn's
+/// speech, on the monotonic clock, to measure how fast playback goes silent.
 #[derive(Debug, Clone, Default)]
-pub struct TurnEnds(Arc<Mutex<HashMap<TurnId, MediaTime>>>);
+pub struct TurnEnds(Arc<Mutex<TurnTimes>>);
+
+#[derive(Debug, Default)]
+struct TurnTimes {
+    ends: HashMap<TurnId, MediaTime>,
+    speech_started: HashMap<TurnId, std::time::Instant>,
+}
 
 impl TurnEnds {
     /// Records the end of `turn`; the first record counts.
     pub fn record(&self, turn: TurnId, end: MediaTime) {
-        self.0.lock().entry(turn).or_insert(end);
+        self.0.lock().ends.entry(turn).or_insert(end);
     }
 
     /// Returns the end of `turn`, if recorded.
     pub fn get(&self, turn: TurnId) -> Option<MediaTime> {
-        self.0.lock().get(&turn).copied()
+        self.0.lock().ends.get(&turn).copied()
+    }
+
+    /// Records that speech of `turn` was announced now; the first record counts.
+    pub fn record_speech_started(&self, turn: TurnId) {
+        self.0.lock().speech_started.entry(turn).or_insert_with(std::time::Instant::now);
+    }
+
+    /// Returns when speech of `turn` was announced, if it was.
+    pub fn speech_started(&self, turn: TurnId) -> Option<std::time::Instant> {
+        self.0.lock().speech_started.get(&turn).copied()
     }
 }
 
@@ -176,7 +198,13 @@ impl Player<'_> {
                 let start = turn_end.add(latency).max(self.timeline_end);
                 self.log.0.lock().insert(
                     turn,
-                    PlayedReply { start, synthesized: Duration::ZERO, played: Duration::ZERO, interrupted: false },
+                    PlayedReply {
+                        start,
+                        synthesized: Duration::ZERO,
+                        played: Duration::ZERO,
+                        interrupted: false,
+                        stopped_at: None,
+                    },
                 );
                 ReplyCursor { turn, next: start, anchor: now, start }
             }
@@ -208,7 +236,11 @@ impl Player<'_> {
                 .map_or(cursor.start, |reply| reply.start.add(reply.played));
             self.timeline_end = played_end;
             self.cursor = None;
-            self.log.update(cursor.turn, |reply| reply.interrupted = discarded > 0 || reply.played < reply.synthesized);
+            let now = std::time::Instant::now();
+            self.log.update(cursor.turn, |reply| {
+                reply.interrupted = discarded > 0 || reply.played < reply.synthesized;
+                reply.stopped_at = Some(now);
+            });
             tracing::debug!(stage = %self.io.name, turn = cursor.turn.0, discarded, "reply interrupted");
         }
     }
@@ -291,7 +323,8 @@ impl Stage for Playback {
 }
 
 /// Records [`TurnMark::EndOfSpeech`] and the turn's end in [`TurnEnds`]
-/// when a turn's `EndOfTurn` passes, and forwards every frame unchanged.
+/// when a turn's `EndOfTurn` passes, and the moment its `SpeechStarted`
+/// passes. Every frame is forwarded unchanged.
 #[derive(Debug)]
 pub struct EndOfSpeechMarker {
     name: StageName,
@@ -324,9 +357,13 @@ impl Processor for EndOfSpeechMarker {
     }
 
     fn control(&mut self, control: &Control, meta: &FrameMeta, out: &mut Emitter<'_>) -> Result<(), StageError> {
-        if *control == Control::EndOfTurn {
-            out.mark(meta.turn, TurnMark::EndOfSpeech);
-            self.turn_ends.record(meta.turn, meta.timestamp);
+        match control {
+            Control::EndOfTurn => {
+                out.mark(meta.turn, TurnMark::EndOfSpeech);
+                self.turn_ends.record(meta.turn, meta.timestamp);
+            }
+            Control::SpeechStarted => self.turn_ends.record_speech_started(meta.turn),
+            _ => {}
         }
         Ok(())
     }
