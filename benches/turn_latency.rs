@@ -50,6 +50,7 @@ fn run_clip(runtime: &tokio::runtime::Runtime, clip: &str, output: &PathBuf) -> 
         max_tokens: 48,
         end_of_turn_silence: None,
         llm_threads: 1,
+        live: false,
     };
     runtime.block_on(async {
         let conversation = conversation::start(&config, SessionId(1)).expect("conversation builds; run scripts/setup");

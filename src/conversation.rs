@@ -77,6 +77,9 @@ pub struct ConversationConfig {
     pub end_of_turn_silence: Option<Duration>,
     /// Threads llama.cpp decodes with.
     pub llm_threads: u16,
+    /// Listen to the default microphone and speak through the default
+    /// speaker instead of reading `input` and writing `output` (feature `device`).
+    pub live: bool,
 }
 
 /// The text of one turn: the user's transcript and the reply.
@@ -297,18 +300,23 @@ pub fn start(config: &ConversationConfig, session: SessionId) -> Result<Conversa
     let playback_log = PlaybackLog::default();
     let position_nanos = Arc::new(AtomicU64::new(0));
 
-    // Audio in: capture paced like a microphone (or not), mono f32.
-    let capture_options = CaptureOptions {
-        sample_format: SampleFormat::F32,
-        channel_mode: ChannelMode::Downmix,
-        pacing: config.pacing,
-        ..CaptureOptions::default()
+    // Audio in: a recording paced like a microphone (or not), or the
+    // microphone itself, as mono f32.
+    let (capture, input_format, input_duration) = if config.live {
+        live_input(&mut graph)?
+    } else {
+        let capture_options = CaptureOptions {
+            sample_format: SampleFormat::F32,
+            channel_mode: ChannelMode::Downmix,
+            pacing: config.pacing,
+            ..CaptureOptions::default()
+        };
+        let capture = FileCapture::open(name("capture")?, CaptureSource::Wav(config.input.clone()), capture_options)
+            .map_err(|error| stage_error("capture")(&error))?;
+        let format = capture.format();
+        let duration = wav_duration(&config.input).unwrap_or(Duration::ZERO);
+        (graph.add(capture), format, duration)
     };
-    let capture = FileCapture::open(name("capture")?, CaptureSource::Wav(config.input.clone()), capture_options)
-        .map_err(|error| stage_error("capture")(&error))?;
-    let input_format = capture.format();
-    let input_duration = wav_duration(&config.input).unwrap_or(Duration::ZERO);
-    let capture = graph.add(capture);
     let progress = graph.add(processor(ProgressTap {
         name: name("progress")?,
         format: input_format,
@@ -392,15 +400,23 @@ pub fn start(config: &ConversationConfig, session: SessionId) -> Result<Conversa
         graph.connect(tts, resample, EdgeConfig::lossless(1_024));
         resample
     };
-    let playback = Playback::new(name("playback")?, output_format, config.pacing, playback_log.clone())
+    let playback_pacing = if config.live { Pacing::RealTime } else { config.pacing };
+    let playback = Playback::new(name("playback")?, output_format, playback_pacing, playback_log.clone())
         .with_turn_ends(turn_ends.clone());
     let playback = graph.add(playback);
     graph.connect(reply_audio, playback, EdgeConfig::lossless(1_024));
-    let sink_options = SinkOptions { format: Some(output_format), file_sample_format: Some(SampleFormat::I16), timeline: true };
-    let (writer, output) =
-        WavSink::create(name("reply-wav")?, &config.output, sink_options).map_err(|error| stage_error("reply-wav")(&error))?;
-    let writer = graph.add(writer);
-    graph.connect(playback, writer, EdgeConfig::lossless(1_024));
+    let output = if config.live {
+        live_output(&mut graph, playback, output_format)?;
+        SinkCounters::default()
+    } else {
+        let sink_options =
+            SinkOptions { format: Some(output_format), file_sample_format: Some(SampleFormat::I16), timeline: true };
+        let (writer, output) = WavSink::create(name("reply-wav")?, &config.output, sink_options)
+            .map_err(|error| stage_error("reply-wav")(&error))?;
+        let writer = graph.add(writer);
+        graph.connect(playback, writer, EdgeConfig::lossless(1_024));
+        output
+    };
 
     let session = graph.build()?.start(session);
     Ok(Conversation {
@@ -415,6 +431,78 @@ pub fn start(config: &ConversationConfig, session: SessionId) -> Result<Conversa
         turn_times: turn_ends,
         generations,
     })
+}
+
+/// Adds the default microphone, downmixed to mono; returns the node, its
+/// format and an unknown (zero) duration.
+#[cfg(feature = "device")]
+fn live_input(graph: &mut GraphBuilder) -> Result<(mentis_pipeline::NodeId, AudioFormat, Duration), BuildError> {
+    let microphone = mentis_stages::device::Microphone::open(name("microphone")?, Duration::from_millis(20))
+        .map_err(|error| stage_error("microphone")(&error))?;
+    let format = microphone.format();
+    let node = graph.add(microphone);
+    if format.channels == 1 {
+        return Ok((node, format, Duration::ZERO));
+    }
+    let mono = AudioFormat { channels: 1, ..format };
+    let downmix = graph.add(processor(Downmix { name: name("downmix")?, input: format }));
+    graph.connect(node, downmix, EdgeConfig::realtime_audio(Duration::from_millis(200)));
+    Ok((downmix, mono, Duration::ZERO))
+}
+
+#[cfg(not(feature = "device"))]
+fn live_input(_graph: &mut GraphBuilder) -> Result<(mentis_pipeline::NodeId, AudioFormat, Duration), BuildError> {
+    Err(BuildError::Stage {
+        stage: "microphone",
+        message: "live audio needs the `device` feature (cpal, ALSA headers); rebuild with `--features device`".to_owned(),
+    })
+}
+
+/// Connects `playback` to the default speaker.
+#[cfg(feature = "device")]
+fn live_output(graph: &mut GraphBuilder, playback: mentis_pipeline::NodeId, format: AudioFormat) -> Result<(), BuildError> {
+    let speaker = mentis_stages::device::Speaker::open(name("speaker")?, format)
+        .map_err(|error| stage_error("speaker")(&error))?;
+    let speaker = graph.add(speaker);
+    graph.connect(playback, speaker, EdgeConfig::lossless(64));
+    Ok(())
+}
+
+#[cfg(not(feature = "device"))]
+fn live_output(_graph: &mut GraphBuilder, _playback: mentis_pipeline::NodeId, _format: AudioFormat) -> Result<(), BuildError> {
+    Err(BuildError::Stage {
+        stage: "speaker",
+        message: "live audio needs the `device` feature (cpal, ALSA headers); rebuild with `--features device`".to_owned(),
+    })
+}
+
+/// Averages interleaved channels into one.
+#[cfg(feature = "device")]
+#[derive(Debug)]
+struct Downmix {
+    name: StageName,
+    input: AudioFormat,
+}
+
+#[cfg(feature = "device")]
+impl Processor for Downmix {
+    fn spec(&self) -> StageSpec {
+        let mono = AudioFormat { channels: 1, ..self.input };
+        StageSpec::new(self.name.clone(), PortFormat::Audio(self.input), PortFormat::Audio(mono))
+    }
+
+    fn process(&mut self, frame: Frame, out: &mut Emitter<'_>) -> Result<(), StageError> {
+        let Some(audio) = frame.as_audio() else {
+            return Ok(());
+        };
+        let channels = usize::from(audio.format().channels.max(1));
+        let samples = audio.to_f32();
+        let mono: Vec<f32> = samples.chunks_exact(channels).map(|chunk| chunk.iter().sum::<f32>() / channels as f32).collect();
+        let audio = mentis_pipeline::AudioData::from_f32(audio.format().sample_rate, 1, mono)
+            .map_err(|error| StageError::fatal(format!("downmixed audio is invalid: {error}")))?;
+        out.emit(Frame::audio(frame.meta, audio));
+        Ok(())
+    }
 }
 
 fn build_vad(config: &ConversationConfig) -> Result<Box<dyn Stage>, BuildError> {

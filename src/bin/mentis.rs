@@ -45,7 +45,13 @@ enum TtsArg {
 #[derive(Debug, clap::Args)]
 struct ConverseArgs {
     /// WAV recording of a person speaking (any sample rate, mono or stereo).
-    input: PathBuf,
+    /// Ignored with --live.
+    #[arg(required_unless_present = "live")]
+    input: Option<PathBuf>,
+    /// Listen to the default microphone and reply through the default
+    /// speaker until Ctrl-C (needs a build with `--features device`).
+    #[arg(long)]
+    live: bool,
     /// Path of the reply WAV [default: INPUT.reply.wav beside the input].
     #[arg(long, short)]
     output: Option<PathBuf>,
@@ -114,10 +120,11 @@ fn main() -> ExitCode {
 }
 
 async fn converse(args: ConverseArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let output = args.output.clone().unwrap_or_else(|| conversation::default_output(&args.input));
+    let input = args.input.clone().unwrap_or_else(|| PathBuf::from("microphone"));
+    let output = args.output.clone().unwrap_or_else(|| conversation::default_output(&input));
     let latency_json = args.latency_json.clone().unwrap_or_else(|| output.with_extension("latency.json"));
     let config = ConversationConfig {
-        input: args.input.clone(),
+        input: input.clone(),
         output: output.clone(),
         pacing: if args.fast { Pacing::AsFastAsPossible } else { Pacing::RealTime },
         vad: match args.vad {
@@ -132,13 +139,14 @@ async fn converse(args: ConverseArgs) -> Result<(), Box<dyn std::error::Error>> 
         max_tokens: args.max_tokens,
         end_of_turn_silence: args.end_silence_ms.map(Duration::from_millis),
         llm_threads: args.llm_threads,
+        live: args.live,
     };
 
     eprintln!("loading models and building the on-device pipeline...");
     let conversation = conversation::start(&config, SessionId(1))?;
     eprintln!(
         "input: {} ({}, {:.1} s), {}",
-        args.input.display(),
+        input.display(),
         conversation.input_format,
         conversation.input_duration.as_secs_f64(),
         if args.fast { "as fast as possible" } else { "paced in real time" }
@@ -163,6 +171,17 @@ async fn converse(args: ConverseArgs) -> Result<(), Box<dyn std::error::Error>> 
         });
         (bar, updater)
     });
+
+    // A live session runs until Ctrl-C; a recording ends by itself.
+    if args.live {
+        let cancel = conversation.session.cancel_token();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                cancel.cancel();
+            }
+        });
+        eprintln!("listening on the default microphone; press Ctrl-C to stop");
+    }
 
     let log = conversation.log.clone();
     let playback = conversation.playback.clone();
@@ -210,7 +229,7 @@ async fn converse(args: ConverseArgs) -> Result<(), Box<dyn std::error::Error>> 
     }
 
     let json = serde_json::json!({
-        "input": args.input,
+        "input": input,
         "output": output,
         "paced": !args.fast,
         "turns": turns.iter().map(|(turn, text)| {
