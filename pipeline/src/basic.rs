@@ -21,7 +21,7 @@ pub struct PassThrough {
 }
 
 impl PassThrough {
-    /// A pass-through that accepts and emits `format`.
+    /// Creates a pass-through that accepts and emits `format`.
     pub fn new(name: StageName, format: PortFormat) -> Self {
         PassThrough { name, format }
     }
@@ -61,7 +61,7 @@ pub struct ToneSource {
 }
 
 impl ToneSource {
-    /// A 440 Hz tone of `frames` blocks of `block` each. `format` must have a
+    /// Creates a 440 Hz tone of `frames` blocks of `block` each. `format` must have a
     /// sample rate above zero and at least one channel.
     pub fn new(name: StageName, format: AudioFormat, block: Duration, frames: u64) -> Self {
         ToneSource { name, format, block, frames, frequency_hz: 440.0, paced: false }
@@ -120,7 +120,7 @@ pub struct CountingSink {
 }
 
 impl CountingSink {
-    /// A sink and the counter it increments.
+    /// Creates a sink and the counter it increments.
     pub fn new(name: StageName) -> (Self, Arc<AtomicU64>) {
         let count = Arc::new(AtomicU64::new(0));
         (CountingSink { name, count: Arc::clone(&count) }, count)
@@ -151,7 +151,7 @@ pub struct ChannelSource {
 }
 
 impl ChannelSource {
-    /// A source stage that emits `format`, and the sender that feeds it. The
+    /// Creates a source stage that emits `format`, and the sender that feeds it. The
     /// source ends when the sender is dropped.
     pub fn new(name: StageName, format: PortFormat, config: EdgeConfig) -> (Sender, Self) {
         let (sender, receiver) = edge::channel(format!("input -> {name}"), config);
@@ -191,7 +191,7 @@ pub struct ChannelSink {
 }
 
 impl ChannelSink {
-    /// A sink stage that accepts `format`, and the receiver that drains it.
+    /// Creates a sink stage that accepts `format`, and the receiver that drains it.
     /// After a clean end the receiver gets one `EndOfStream` frame and then
     /// `None`; after a cancellation it gets only `None`.
     pub fn new(name: StageName, format: PortFormat, config: EdgeConfig) -> (Self, Receiver) {

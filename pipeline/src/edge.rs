@@ -24,7 +24,7 @@ use crate::frame::{Control, Frame};
 use crate::histogram::LatencyHistogram;
 use crate::id::TurnId;
 
-/// What a full edge does with the next data frame.
+/// The behaviour of a full edge towards the next data frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OverflowPolicy {
@@ -37,7 +37,7 @@ pub enum OverflowPolicy {
     DropNewest,
 }
 
-/// Why an edge discarded a frame.
+/// The reason an edge discarded a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DropReason {
@@ -90,7 +90,7 @@ pub const DEFAULT_CAPACITY: usize = 32;
 /// more waits for room instead of losing it.
 pub const DEFAULT_CONTROL_CAPACITY: usize = 16;
 
-/// How an edge queues frames.
+/// The queueing settings of an edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EdgeConfig {
     /// Most data frames queued at once. At least 1.
@@ -99,14 +99,14 @@ pub struct EdgeConfig {
     /// limit in frames only. A single frame longer than this is still accepted
     /// when the queue is empty.
     pub max_audio: Option<Duration>,
-    /// What a full data lane does with the next frame.
+    /// The behaviour of a full data lane towards the next frame.
     pub policy: OverflowPolicy,
     /// Most priority events queued at once. At least 1; senders wait when full.
     pub control_capacity: usize,
 }
 
 impl EdgeConfig {
-    /// A lossless edge of `capacity` frames: senders wait when it is full.
+    /// Creates a lossless edge configuration of `capacity` frames: senders wait when it is full.
     pub const fn lossless(capacity: usize) -> Self {
         EdgeConfig {
             capacity,
@@ -116,8 +116,8 @@ impl EdgeConfig {
         }
     }
 
-    /// A real-time audio edge that holds at most `max_audio` of audio and
-    /// discards the oldest frame when more arrives.
+    /// Creates a real-time audio edge configuration that keeps at most
+    /// `max_audio` of audio and discards the oldest frame when more arrives.
     pub fn realtime_audio(max_audio: Duration) -> Self {
         EdgeConfig {
             capacity: DEFAULT_CAPACITY.max(1),
@@ -167,7 +167,7 @@ impl Default for EdgeConfig {
 #[error("the receiving stage has stopped")]
 pub struct Closed(pub Frame);
 
-/// What happened to a frame handed to [`Sender::send`].
+/// The outcome of a frame handed to [`Sender::send`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sent {
     /// The frame is queued.
@@ -267,7 +267,7 @@ pub struct EdgeReport {
     pub delivered: u64,
     /// Data frames queued now.
     pub depth: usize,
-    /// The most data frames ever queued at once.
+    /// The maximum number of data frames ever queued at once.
     pub high_water: usize,
     /// Sends that had to wait for room.
     pub blocked_sends: u64,
@@ -542,7 +542,7 @@ impl Drop for Sender {
     }
 }
 
-/// What [`Receiver::try_recv`] found.
+/// The result of [`Receiver::try_recv`].
 #[derive(Debug)]
 pub enum TryRecv {
     /// A frame.

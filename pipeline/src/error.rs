@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::id::StageName;
 
-/// What the caller can do about a stage error.
+/// The class of a stage error, by what the caller can do about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorClass {
@@ -28,17 +28,17 @@ pub struct StageError {
 }
 
 impl StageError {
-    /// An error that trying again may fix.
+    /// Creates an error that trying again may fix.
     pub fn retryable(message: impl Into<String>) -> Self {
         StageError { class: ErrorClass::Retryable, message: message.into(), retry_after: None, source: None }
     }
 
-    /// An error in the stage's configuration.
+    /// Creates an error in the stage's configuration.
     pub fn config(message: impl Into<String>) -> Self {
         StageError { class: ErrorClass::Config, message: message.into(), retry_after: None, source: None }
     }
 
-    /// An error that ends the session.
+    /// Creates an error that ends the session.
     pub fn fatal(message: impl Into<String>) -> Self {
         StageError { class: ErrorClass::Fatal, message: message.into(), retry_after: None, source: None }
     }
@@ -78,7 +78,7 @@ impl StageError {
     }
 }
 
-/// Why a session ended with an error.
+/// The error that ended a session.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     /// A stage returned an error; the session was stopped.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// How one PCM sample is stored.
+/// The storage of one PCM sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SampleFormat {
@@ -31,7 +31,7 @@ pub struct AudioFormat {
     pub sample_rate: u32,
     /// Number of interleaved channels.
     pub channels: u16,
-    /// How each sample is stored.
+    /// The storage of each sample.
     pub sample_format: SampleFormat,
 }
 
@@ -76,7 +76,7 @@ pub enum Codec {
     Opus,
 }
 
-/// What a stage port carries. Graph validation compares the output format of
+/// The kind of frames a stage port carries. Graph validation compares the output format of
 /// one stage with the input format of the next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
@@ -85,7 +85,7 @@ pub enum PortFormat {
     None,
     /// PCM audio in exactly this format.
     Audio(AudioFormat),
-    /// PCM audio in any format; the frames say which.
+    /// PCM audio in any format, which each frame states.
     AnyAudio,
     /// Encoded audio packets with the given codec, sample rate and channel count.
     Encoded {

@@ -47,7 +47,7 @@ impl MediaTime {
     }
 }
 
-/// What every frame carries besides its payload.
+/// The metadata every frame carries besides its payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FrameMeta {
     /// The conversation the frame belongs to.
@@ -268,7 +268,7 @@ pub struct TextDelta {
 pub struct StageFailure {
     /// The stage that failed.
     pub stage: StageName,
-    /// What went wrong.
+    /// The failure, in words.
     pub message: String,
 }
 
@@ -302,7 +302,7 @@ impl Control {
     }
 }
 
-/// What a frame carries.
+/// The content of a frame.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Payload {
     /// PCM audio.

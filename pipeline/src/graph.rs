@@ -44,7 +44,7 @@ pub(crate) struct EdgeSpec {
     pub(crate) config: EdgeConfig,
 }
 
-/// Why a graph cannot run.
+/// An error that prevents a graph from running.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum GraphError {
     /// The graph has no stages.
@@ -63,9 +63,9 @@ pub enum GraphError {
         from: StageName,
         /// The downstream stage.
         to: StageName,
-        /// What the upstream stage emits.
+        /// The format the upstream stage emits.
         output: PortFormat,
-        /// What the downstream stage accepts.
+        /// The format the downstream stage accepts.
         input: PortFormat,
         /// The kind of stage that converts one into the other.
         converter: &'static str,
@@ -75,7 +75,7 @@ pub enum GraphError {
     UnconnectedInput {
         /// The stage.
         stage: StageName,
-        /// What it accepts.
+        /// The format it accepts.
         input: PortFormat,
     },
     /// A stage's output port has no outgoing edge.
@@ -83,7 +83,7 @@ pub enum GraphError {
     UnconnectedOutput {
         /// The stage.
         stage: StageName,
-        /// What it emits.
+        /// The format it emits.
         output: PortFormat,
     },
     /// An edge leaves a stage without an output port or enters one without an input port.

@@ -47,7 +47,7 @@ impl fmt::Display for PrivacyTier {
     }
 }
 
-/// Where a stage sends data outside the process.
+/// The destination of data a stage sends outside the process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Egress {
     /// Nowhere.
@@ -121,7 +121,7 @@ pub enum PrivacyError {
         stage: StageName,
         /// Its endpoint, without credentials or query.
         endpoint: String,
-        /// Why resolution failed.
+        /// The resolver's error.
         reason: String,
     },
 }
@@ -149,7 +149,7 @@ pub struct StaticResolver {
 }
 
 impl StaticResolver {
-    /// An empty table.
+    /// Creates an empty table.
     pub fn new() -> Self {
         StaticResolver::default()
     }
@@ -179,7 +179,7 @@ pub struct PrivacyPolicy {
 }
 
 impl PrivacyPolicy {
-    /// A policy for `tier` with the system resolver and no allow-list.
+    /// Creates a policy for `tier` with the system resolver and no allow-list.
     pub fn new(tier: PrivacyTier) -> Self {
         PrivacyPolicy { tier, allowed_hosts: BTreeSet::new(), resolver: Arc::new(SystemResolver) }
     }

@@ -34,7 +34,7 @@ use crate::report::{TurnClock, TurnMark};
 /// A boxed future returned by [`Stage::run`].
 pub type StageFuture<'a> = Pin<Box<dyn Future<Output = Result<(), StageError>> + Send + 'a>>;
 
-/// Where a stage's work runs.
+/// The thread a stage's work runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Execution {
@@ -45,23 +45,23 @@ pub enum Execution {
     Blocking,
 }
 
-/// What a stage declares about itself before it runs.
+/// The declaration of a stage: name, formats, egress and execution.
 #[derive(Debug, Clone)]
 pub struct StageSpec {
     /// The stage's name, unique within its graph.
     pub name: StageName,
-    /// What the stage accepts; [`PortFormat::None`] for a source.
+    /// The accepted format, [`PortFormat::None`] for a source.
     pub input: PortFormat,
-    /// What the stage emits; [`PortFormat::None`] for a sink.
+    /// The emitted format, [`PortFormat::None`] for a sink.
     pub output: PortFormat,
-    /// Where the stage sends data outside the process.
+    /// The destination of data the stage sends outside the process.
     pub egress: Egress,
-    /// Where the stage's work runs.
+    /// The thread the stage's work runs on.
     pub execution: Execution,
 }
 
 impl StageSpec {
-    /// A stage that sends nothing off the device and runs inline.
+    /// Creates a spec for a stage that sends nothing off the device and runs inline.
     pub fn new(name: StageName, input: PortFormat, output: PortFormat) -> Self {
         StageSpec { name, input, output, egress: Egress::None, execution: Execution::Inline }
     }
@@ -139,6 +139,8 @@ pub struct Inbox {
     cancelled_through: Option<TurnId>,
     counters: SharedCounters,
     taken_at: Option<Instant>,
+    /// Processing time of the previous frame, not yet recorded.
+    processed: Option<std::time::Duration>,
     replay: std::collections::VecDeque<Frame>,
     pub(crate) observers: Vec<Arc<dyn InboxObserver>>,
 }
@@ -171,19 +173,30 @@ impl Inbox {
             cancelled_through: None,
             counters,
             taken_at: None,
+            processed: None,
             replay: std::collections::VecDeque::new(),
             observers: Vec::new(),
         }
     }
 
-    /// An inbox with no inputs, which ends at once. Sources get one.
+    /// Creates an inbox with no inputs, which ends at once. Sources get one.
     pub fn empty() -> Self {
         Inbox::new(Vec::new(), Arc::new(Notify::new()), CancellationToken::new(), SharedCounters::default())
     }
 
     /// Waits for the next frame; `None` at end of stream or cancellation.
     pub async fn recv(&mut self) -> Option<Frame> {
-        self.finish_previous();
+        self.finish_observers();
+        let next = self.next_frame().await;
+        if next.is_none() {
+            if let Some(processed) = self.processed.take() {
+                self.counters.lock().processing.record(processed);
+            }
+        }
+        next
+    }
+
+    async fn next_frame(&mut self) -> Option<Frame> {
         if let Some(frame) = self.replay.pop_front() {
             return Some(self.hand_out(frame));
         }
@@ -234,9 +247,12 @@ impl Inbox {
         }
     }
 
-    fn finish_previous(&mut self) {
+    /// Ends the previous frame: its processing time is measured now, when
+    /// the stage asks for the next frame, and recorded with the next frame's
+    /// count under one lock.
+    fn finish_observers(&mut self) {
         if let Some(taken_at) = self.taken_at.take() {
-            self.counters.lock().processing.record(taken_at.elapsed());
+            self.processed = Some(taken_at.elapsed());
             for observer in &self.observers {
                 observer.frame_done();
             }
@@ -244,11 +260,18 @@ impl Inbox {
     }
 
     fn hand_out(&mut self, frame: Frame) -> Frame {
-        self.counters.lock().frames_in += 1;
+        {
+            let mut counters = self.counters.lock();
+            counters.frames_in += 1;
+            if let Some(processed) = self.processed.take() {
+                counters.processing.record(processed);
+            }
+        }
+        let now = Instant::now();
         for observer in &self.observers {
             observer.frame_taken(&frame);
         }
-        self.taken_at = Some(Instant::now());
+        self.taken_at = Some(now);
         frame
     }
 
@@ -368,7 +391,7 @@ impl Outbox {
         Outbox { outputs, session, seq: 0, counters, observers: Vec::new(), cancel }
     }
 
-    /// An outbox with no outputs, which accepts and discards frames. Sinks get one.
+    /// Creates an outbox with no outputs, which accepts and discards frames. Sinks get one.
     pub fn empty(session: SessionId) -> Self {
         Outbox::new(Vec::new(), session, SharedCounters::default(), CancellationToken::new())
     }
@@ -416,7 +439,7 @@ impl Outbox {
     }
 }
 
-/// Why an outbox send did not deliver.
+/// The reason an outbox send did not deliver.
 enum Undelivered {
     Closed(Frame),
     Cancelled,

@@ -91,14 +91,14 @@ impl<S: Stage> Stage for Timeout<S> {
     }
 }
 
-/// How a [`Retry`] spaces its attempts.
+/// The spacing and limits of a [`Retry`]'s attempts.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
     /// Attempts after the first one.
     pub max_retries: u32,
     /// The wait before the first retry.
     pub initial_backoff: Duration,
-    /// The longest wait between attempts.
+    /// The maximum wait between attempts.
     pub max_backoff: Duration,
     /// Frames received since the stage last emitted output that can be kept
     /// for replay. A failure with more frames outstanding than this is not
