@@ -25,7 +25,7 @@ use mentis_stages::resample::Resample;
 use mentis_stages::sink::{SinkCounters, SinkOptions, WavSink};
 use mentis_stages::stt::{WhisperConfig, WhisperRecognizer, WhisperStt};
 use mentis_stages::text::SentenceAggregator;
-use mentis_stages::vad::{Vad, VadConfig, WebRtcConfig, WebRtcVad};
+use mentis_stages::vad::{Vad, VadConfig, VoiceDetector, WebRtcConfig, WebRtcVad};
 use mentis_stages::wav::ChannelMode;
 use parking_lot::Mutex;
 
@@ -506,30 +506,29 @@ impl Processor for Downmix {
 }
 
 fn build_vad(config: &ConversationConfig) -> Result<Box<dyn Stage>, BuildError> {
-    let stage_name = name("vad")?;
     match config.vad {
         VadChoice::Webrtc => {
             let detector = WebRtcVad::new(WebRtcConfig::new(SPEECH_RATE)).map_err(|error| stage_error("vad")(&error))?;
-            let mut vad_config = VadConfig::for_detector(&detector);
-            vad_config.sample_format = SampleFormat::F32;
-            if let Some(silence) = config.end_of_turn_silence {
-                vad_config.segmenter.end_silence = silence;
-            }
-            let vad = Vad::with_config(stage_name, detector, vad_config).map_err(|error| stage_error("vad")(&error))?;
-            Ok(processor(vad))
+            vad_stage(config, detector)
         }
         VadChoice::Silero => {
             use mentis_stages::vad::{SileroConfig, SileroVad};
             let detector = SileroVad::new(SileroConfig::new(SPEECH_RATE)).map_err(|error| stage_error("vad")(&error))?;
-            let mut vad_config = VadConfig::for_detector(&detector);
-            vad_config.sample_format = SampleFormat::F32;
-            if let Some(silence) = config.end_of_turn_silence {
-                vad_config.segmenter.end_silence = silence;
-            }
-            let vad = Vad::with_config(stage_name, detector, vad_config).map_err(|error| stage_error("vad")(&error))?;
-            Ok(processor(vad))
+            vad_stage(config, detector)
         }
     }
+}
+
+/// Wraps a detector in the VAD stage: f32 audio, the detector's segmenter
+/// defaults, and the configured end-of-turn silence.
+fn vad_stage<D: VoiceDetector>(config: &ConversationConfig, detector: D) -> Result<Box<dyn Stage>, BuildError> {
+    let mut vad_config = VadConfig::for_detector(&detector);
+    vad_config.sample_format = SampleFormat::F32;
+    if let Some(silence) = config.end_of_turn_silence {
+        vad_config.segmenter.end_silence = silence;
+    }
+    let vad = Vad::with_config(name("vad")?, detector, vad_config).map_err(|error| stage_error("vad")(&error))?;
+    Ok(processor(vad))
 }
 
 fn build_tts(config: &ConversationConfig) -> Result<(Box<dyn Stage>, u32), BuildError> {

@@ -1,6 +1,6 @@
 //! Bounded edges between stages.
 //!
-//! An edge is a bounded queue with two lanes. The data lane holds audio, text
+//! An edge is a bounded queue with two lanes. The data lane carries audio, text
 //! and in-order control events, up to a capacity in frames and, for audio, in
 //! media time; what happens when it is full is the edge's [`OverflowPolicy`].
 //! The priority lane holds interrupts, flushes and errors, and the receiver

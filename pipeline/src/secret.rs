@@ -26,7 +26,7 @@ pub enum SecretError {
     Read {
         /// The file.
         path: PathBuf,
-        /// Why reading failed.
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
@@ -38,7 +38,7 @@ pub enum SecretError {
         /// Its permission bits.
         mode: u32,
     },
-    /// The variable or file holds no secret.
+    /// The variable or file contains no secret.
     #[error("the secret from {origin} is empty")]
     Empty {
         /// The variable or file it came from.

@@ -247,8 +247,8 @@ impl Inbox {
         }
     }
 
-    /// Ends the previous frame: its processing time is measured now, when
-    /// the stage asks for the next frame, and recorded with the next frame's
+    /// Ends the previous frame. Its processing time is measured now, when
+    /// the stage requests the next frame, and recorded with the next frame's
     /// count under one lock.
     fn finish_observers(&mut self) {
         if let Some(taken_at) = self.taken_at.take() {
@@ -548,7 +548,7 @@ impl InterruptWatch {
 /// because the session is ending is kept and returned by the runtime after
 /// the call, so `emit` itself never fails.
 pub struct Emitter<'a> {
-    /// Where frames go at once; `None` buffers them.
+    /// The outbox frames go to at once, or `None` to buffer them.
     outbox: Option<&'a mut Outbox>,
     buffer: Vec<Frame>,
     session: SessionId,
@@ -565,7 +565,7 @@ impl fmt::Debug for Emitter<'_> {
 }
 
 impl Emitter<'static> {
-    /// An emitter that buffers frames, for processors run outside a graph,
+    /// Creates an emitter that buffers frames, for processors run outside a graph,
     /// as in unit tests. Its interrupt watch never fires.
     pub fn new(session: SessionId) -> Self {
         Emitter::with_parts(None, session, 0, TurnClock::default(), InterruptWatch::default())

@@ -94,7 +94,7 @@ pub const DEFAULT_PRE_ROLL_MS: u64 = 300;
 /// segment of at most 30 s fits one window.
 pub const DEFAULT_MAX_SEGMENT_SECS: u64 = 30;
 
-/// Why a segment stopped.
+/// The reason a segment stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StopReason {
     /// Silence lasted `end_silence`; the turn ended.
@@ -128,7 +128,7 @@ pub enum SegmentEvent {
     Stopped {
         /// One past the last sample of the segment: the end of its last speech frame.
         end: u64,
-        /// Why it stopped.
+        /// The reason it stopped.
         reason: StopReason,
     },
 }
