@@ -81,9 +81,11 @@ fn device_error(kind: &'static str, action: &'static str) -> impl Fn(cpal::Error
 fn run_stream_thread(
     build: impl FnOnce() -> Result<cpal::Stream, DeviceError> + Send + 'static,
     kind: &'static str,
-) -> Result<(std::thread::JoinHandle<()>, std::sync::mpsc::Sender<()>), DeviceError> {
-    let (started_tx, started_rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+) -> Result<(std::thread::JoinHandle<()>, std::sync::mpsc::SyncSender<()>), DeviceError> {
+    // One start-up report, and a stop signal given by dropping the sender:
+    // neither channel ever holds more than one message.
+    let (started_tx, started_rx) = std::sync::mpsc::sync_channel(1);
+    let (stop_tx, stop_rx) = std::sync::mpsc::sync_channel::<()>(1);
     let thread = std::thread::Builder::new()
         .name(format!("mentis-{kind}-device"))
         .spawn(move || {
