@@ -14,6 +14,7 @@
 
 pub mod basic;
 pub mod edge;
+pub mod egress;
 pub mod error;
 pub mod format;
 pub mod frame;
@@ -30,9 +31,13 @@ mod sync;
 pub mod wrap;
 
 pub use edge::{DropReason, EdgeConfig, OverflowPolicy};
+pub use egress::{BackendUsage, ConnectionRecord, Destination, EgressLog, EgressRecord, UsageLog, UsageRecord};
 pub use error::{ErrorClass, SessionError, StageError};
 pub use format::{AudioFormat, Codec, PortFormat, SampleFormat};
-pub use frame::{AudioData, Control, EncodedAudio, Frame, FrameMeta, MediaTime, Payload, Samples, TextDelta, Transcript, TranscriptKind};
+pub use frame::{
+    AudioData, Control, EncodedAudio, Frame, FrameMeta, MediaTime, Payload, Samples, StageFailure, TextDelta, Transcript,
+    TranscriptKind,
+};
 pub use graph::{GraphBuilder, GraphError, NodeId};
 pub use histogram::LatencyHistogram;
 pub use id::{SessionId, StageName, TurnId};

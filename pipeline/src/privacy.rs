@@ -54,6 +54,9 @@ pub enum Egress {
     None,
     /// To this endpoint.
     Endpoint(Url),
+    /// To any of these endpoints: a backend with fallbacks. Every one of
+    /// them must pass the tier check.
+    Endpoints(Vec<Url>),
 }
 
 /// Returns `url` without credentials, query or fragment, safe to print.
@@ -206,9 +209,34 @@ impl PrivacyPolicy {
 
     /// Checks a stage's egress against the tier.
     pub fn check(&self, stage: &StageName, egress: &Egress) -> Result<(), PrivacyError> {
-        let Egress::Endpoint(url) = egress else {
-            return Ok(());
+        match egress {
+            Egress::None => Ok(()),
+            Egress::Endpoint(url) => self.check_url(stage, url),
+            Egress::Endpoints(urls) => urls.iter().try_for_each(|url| self.check_url(stage, url)),
+        }
+    }
+
+    /// Returns the tier an endpoint needs at least: self-hosted when its host
+    /// is on the allow-list or resolves only to local-network addresses,
+    /// cloud otherwise. Fallback backends use it to never fall back to a
+    /// less private endpoint than the one they replace.
+    pub fn endpoint_tier(&self, stage: &StageName, url: &Url) -> Result<PrivacyTier, PrivacyError> {
+        let endpoint = redact_url(url);
+        let Some(host) = url.host_str() else {
+            return Err(PrivacyError::NoHost { stage: stage.clone(), endpoint });
         };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if self.allowed_hosts.contains(&host.to_ascii_lowercase()) {
+            return Ok(PrivacyTier::SelfHosted);
+        }
+        let port = url.port_or_known_default().unwrap_or(0);
+        Ok(match self.first_public_address(stage, &endpoint, host, port)? {
+            None => PrivacyTier::SelfHosted,
+            Some(_) => PrivacyTier::Cloud,
+        })
+    }
+
+    fn check_url(&self, stage: &StageName, url: &Url) -> Result<(), PrivacyError> {
         let endpoint = redact_url(url);
         if self.tier == PrivacyTier::OnDevice {
             return Err(PrivacyError::NetworkOnDevice { stage: stage.clone(), endpoint });

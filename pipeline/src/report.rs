@@ -9,6 +9,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::edge::{DropReason, EdgeReport};
+use crate::egress::{EgressRecord, UsageRecord};
 use crate::id::{SessionId, TurnId};
 use crate::privacy::PrivacyTier;
 
@@ -156,6 +157,10 @@ pub struct SessionReport {
     pub edges: Vec<EdgeReport>,
     /// One entry per turn with latency marks.
     pub turns: Vec<TurnReport>,
+    /// Every connection the session opened, in the order they opened.
+    pub egress: Vec<EgressRecord>,
+    /// What each network backend used.
+    pub usage: Vec<UsageRecord>,
 }
 
 impl SessionReport {
@@ -251,7 +256,56 @@ impl SessionReport {
                 }
             }
         }
+        write_network(&mut text, session, &self.egress, &self.usage);
         text
+    }
+}
+
+/// Writes the egress and backend usage series.
+fn write_network(text: &mut String, session: u64, egress: &[EgressRecord], usage: &[UsageRecord]) {
+    let _ = writeln!(text, "# HELP mentis_egress_bytes_total Bytes a session exchanged with a host outside the process.");
+    let _ = writeln!(text, "# TYPE mentis_egress_bytes_total counter");
+    let mut by_host: BTreeMap<(&str, &str, u16, &str), (u64, u64)> = BTreeMap::new();
+    for record in egress {
+        let tier = match record.tier {
+            PrivacyTier::OnDevice => "on_device",
+            PrivacyTier::SelfHosted => "self_hosted",
+            PrivacyTier::Cloud => "cloud",
+        };
+        let totals = by_host.entry((&record.stage, &record.host, record.port, tier)).or_default();
+        totals.0 += record.bytes_sent;
+        totals.1 += record.bytes_received;
+    }
+    for ((stage, host, port, tier), (sent, received)) in &by_host {
+        let labels = format!("session=\"{session}\",stage=\"{stage}\",host=\"{host}\",port=\"{port}\",tier=\"{tier}\"");
+        let _ = writeln!(text, "mentis_egress_bytes_total{{{labels},direction=\"sent\"}} {sent}");
+        let _ = writeln!(text, "mentis_egress_bytes_total{{{labels},direction=\"received\"}} {received}");
+    }
+
+    let _ = writeln!(text, "# HELP mentis_backend_usage_total What a network backend used: requests, failures, audio seconds, tokens, characters.");
+    let _ = writeln!(text, "# TYPE mentis_backend_usage_total counter");
+    for record in usage {
+        let labels = format!("session=\"{session}\",stage=\"{}\",backend=\"{}\"", record.stage, record.backend);
+        for (kind, value) in [
+            ("requests", record.requests as f64),
+            ("failures", record.failures as f64),
+            ("audio_seconds", record.audio_seconds),
+            ("tokens_in", record.tokens_in as f64),
+            ("tokens_out", record.tokens_out as f64),
+            ("characters", record.characters as f64),
+        ] {
+            let _ = writeln!(text, "mentis_backend_usage_total{{{labels},kind=\"{kind}\"}} {value}");
+        }
+    }
+    let _ = writeln!(text, "# HELP mentis_backend_first_byte_seconds Time from a request to its first response byte.");
+    let _ = writeln!(text, "# TYPE mentis_backend_first_byte_seconds gauge");
+    for record in usage {
+        let labels = format!("session=\"{session}\",stage=\"{}\",backend=\"{}\"", record.stage, record.backend);
+        for (quantile, value) in [("0.5", record.first_byte_p50_ms), ("0.95", record.first_byte_p95_ms)] {
+            if let Some(ms) = value {
+                let _ = writeln!(text, "mentis_backend_first_byte_seconds{{{labels},quantile=\"{quantile}\"}} {}", ms / 1e3);
+            }
+        }
     }
 }
 

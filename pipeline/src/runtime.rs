@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::egress::{EgressLog, UsageLog};
 use crate::edge::{EdgeReportHandle, channel_with_notify};
 use crate::error::{SessionError, StageError};
 use crate::frame::{Control, Frame, FrameMeta};
@@ -62,6 +63,8 @@ impl Pipeline {
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         let turns = TurnClock::default();
+        let egress = EgressLog::default();
+        let usage = UsageLog::default();
         let node_count = self.nodes.len();
 
         // One wake-up notifier per stage, shared by all its input edges.
@@ -89,6 +92,9 @@ impl Pipeline {
                 outbox: Outbox::new(stage_outputs, session, counters, cancel.clone()),
                 name: node.spec.name.clone(),
                 turns: turns.clone(),
+                policy: self.policy.clone(),
+                egress: egress.clone(),
+                usage: usage.clone(),
                 tracker: Some(tracker.clone()),
             };
             let span = tracing::info_span!("stage", session = session.0, stage = %node.spec.name);
@@ -109,6 +115,8 @@ impl Pipeline {
             stage_counters,
             edge_reports,
             turns,
+            egress,
+            usage,
             first_error: Arc::new(Mutex::new(None)),
         }
     }
@@ -145,6 +153,8 @@ pub struct Session {
     stage_counters: Vec<(StageName, SharedCounters)>,
     edge_reports: Vec<EdgeReportHandle>,
     turns: TurnClock,
+    egress: EgressLog,
+    usage: UsageLog,
     first_error: Arc<Mutex<Option<SessionError>>>,
 }
 
@@ -170,6 +180,11 @@ impl Session {
         &self.turns
     }
 
+    /// Returns the session's record of connections that left the device.
+    pub fn egress(&self) -> &EgressLog {
+        &self.egress
+    }
+
     /// Asks every stage to stop now, without draining. [`Session::wait`]
     /// then returns once every task and blocking thread has ended.
     pub fn cancel(&self) {
@@ -193,6 +208,8 @@ impl Session {
                 .collect(),
             edges: self.edge_reports.iter().map(EdgeReportHandle::report).collect(),
             turns: self.turns.reports(),
+            egress: self.egress.records(),
+            usage: self.usage.records(),
         }
     }
 

@@ -28,7 +28,8 @@ use crate::format::PortFormat;
 use crate::frame::{Control, Frame, FrameMeta};
 use crate::histogram::LatencyHistogram;
 use crate::id::{SessionId, StageName, TurnId};
-use crate::privacy::Egress;
+use crate::egress::{EgressLog, UsageLog};
+use crate::privacy::{Egress, PrivacyPolicy, PrivacyTier};
 use crate::report::{TurnClock, TurnMark};
 
 /// A boxed future returned by [`Stage::run`].
@@ -478,6 +479,13 @@ pub struct StageIo {
     pub name: StageName,
     /// The session's per-turn latency marks.
     pub turns: TurnClock,
+    /// The policy the pipeline was built for. Network stages check the
+    /// addresses they connect to against it.
+    pub policy: PrivacyPolicy,
+    /// The session's record of connections that left the device.
+    pub egress: EgressLog,
+    /// The session's record of what each network backend used.
+    pub usage: UsageLog,
     /// Keeps the session's task tracker open while a blocking thread of this
     /// stage runs, so that the session does not report itself stopped early.
     pub(crate) tracker: Option<tokio_util::task::TaskTracker>,
@@ -485,7 +493,8 @@ pub struct StageIo {
 
 impl StageIo {
     /// Builds the I/O of a stage run outside a graph: frames come from `inputs`
-    /// and go to `outputs`. Tests of single stages use it.
+    /// and go to `outputs`. Tests of single stages use it. The policy is the
+    /// cloud tier's; [`StageIo::with_policy`] sets another.
     pub fn detached(name: StageName, session: SessionId, inputs: Vec<Receiver>, outputs: Vec<Sender>) -> Self {
         let ready = Arc::new(Notify::new());
         let inputs = inputs.into_iter().map(|receiver| receiver.rebind(Arc::clone(&ready))).collect();
@@ -496,8 +505,18 @@ impl StageIo {
             outbox: Outbox::new(outputs, session, counters, cancel),
             name,
             turns: TurnClock::default(),
+            policy: PrivacyPolicy::new(PrivacyTier::Cloud),
+            egress: EgressLog::default(),
+            usage: UsageLog::default(),
             tracker: None,
         }
+    }
+
+    /// Returns the I/O with another privacy policy.
+    #[must_use]
+    pub fn with_policy(mut self, policy: PrivacyPolicy) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// Returns the session id.
@@ -719,6 +738,9 @@ impl<P: Processor> Stage for ProcessorStage<P> {
                         outbox: Outbox::empty(session),
                         name: io.name.clone(),
                         turns: io.turns.clone(),
+                        policy: io.policy.clone(),
+                        egress: io.egress.clone(),
+                        usage: io.usage.clone(),
                         tracker: io.tracker.clone(),
                     });
                     let tracker_token = owned_io.tracker.as_ref().map(tokio_util::task::TaskTracker::token);

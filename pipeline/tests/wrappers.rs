@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{SESSION, name};
 use mentis_pipeline::basic::{ChannelSink, ChannelSource};
-use mentis_pipeline::wrap::{Retry, RetryPolicy, Timeout};
+use mentis_pipeline::wrap::{Fallback, Retry, RetryPolicy, Timeout};
 use mentis_pipeline::{
     EdgeConfig, Frame, GraphBuilder, PortFormat, PrivacyPolicy, PrivacyTier, Stage, StageError, StageFuture, StageIo,
     StageName, StageSpec,
@@ -39,7 +39,8 @@ impl Stage for Echo {
 }
 
 fn graph_around(stage: impl Stage) -> (mentis_pipeline::edge::Sender, mentis_pipeline::Session, mentis_pipeline::edge::Receiver) {
-    let mut graph = GraphBuilder::new(PrivacyPolicy::new(PrivacyTier::OnDevice));
+    let tier = if stage.spec().egress == mentis_pipeline::Egress::None { PrivacyTier::OnDevice } else { PrivacyTier::Cloud };
+    let mut graph = GraphBuilder::new(self_hosted_with(tier));
     let (input, source) = ChannelSource::new(name("input"), PortFormat::Text, EdgeConfig::lossless(16));
     let (sink, output) = ChannelSink::new(name("output"), PortFormat::Text, EdgeConfig::lossless(64));
     let source = graph.add(source);
@@ -167,4 +168,121 @@ fn backoff_grows_and_caps() {
     assert_eq!(policy.backoff(2, 1.0), Duration::from_millis(200));
     assert_eq!(policy.backoff(3, 0.0), Duration::from_millis(200), "half the 400 ms step");
     assert_eq!(policy.backoff(9, 1.0), Duration::from_secs(1));
+}
+
+/// A network backend stand-in: echoes frames, declares `endpoint`, and fails
+/// with a retryable error at frame 3 when `fails`.
+struct Backend {
+    name: StageName,
+    endpoint: &'static str,
+    fails: bool,
+    runs: Arc<AtomicU32>,
+}
+
+impl Stage for Backend {
+    fn spec(&self) -> StageSpec {
+        let url = url::Url::parse(self.endpoint).expect("test URL");
+        StageSpec::new(self.name.clone(), PortFormat::Text, PortFormat::Text)
+            .with_egress(mentis_pipeline::Egress::Endpoint(url))
+    }
+
+    fn run<'a>(&'a mut self, io: &'a mut StageIo) -> StageFuture<'a> {
+        Box::pin(async move {
+            self.runs.fetch_add(1, Ordering::SeqCst);
+            while let Some(frame) = io.inbox.recv().await {
+                if self.fails && frame.meta.seq == 3 {
+                    return Err(StageError::retryable("the backend went away"));
+                }
+                io.outbox.send(frame).await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+fn backend(endpoint: &'static str, fails: bool, runs: &Arc<AtomicU32>) -> Box<dyn Stage> {
+    Box::new(Backend { name: name("stt"), endpoint, fails, runs: Arc::clone(runs) })
+}
+
+fn self_hosted() -> PrivacyPolicy {
+    self_hosted_with(PrivacyTier::Cloud)
+}
+
+/// A policy of `tier` whose resolver knows the test hosts, so no name is looked up.
+fn self_hosted_with(tier: PrivacyTier) -> PrivacyPolicy {
+    PrivacyPolicy::new(tier).with_resolver(Arc::new(
+        mentis_pipeline::privacy::StaticResolver::new()
+            .with_host("asr.lan", &["192.168.1.20".parse().expect("address")])
+            .with_host("asr2.lan", &["10.0.0.7".parse().expect("address")])
+            .with_host("api.example.test", &["203.0.113.5".parse().expect("address")]),
+    ))
+}
+
+#[tokio::test(start_paused = true)]
+async fn fallback_replays_unanswered_frames_to_the_backup() {
+    let (primary_runs, backup_runs) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    let fallback = Fallback::new(
+        vec![backend("http://asr.lan:8080/", true, &primary_runs), backend("http://asr2.lan:9000/", false, &backup_runs)],
+        &self_hosted(),
+    )
+    .expect("both self-hosted");
+    assert_eq!(
+        fallback.spec().egress,
+        mentis_pipeline::Egress::Endpoints(vec![
+            url::Url::parse("http://asr.lan:8080/").expect("url"),
+            url::Url::parse("http://asr2.lan:9000/").expect("url"),
+        ]),
+        "the graph checks every backend's endpoint"
+    );
+
+    let (input, session, mut output) = graph_around(fallback);
+    for seq in 0..6 {
+        input.send(common::text(seq, "word")).await.expect("running");
+    }
+    drop(input);
+    session.wait().await.expect("the backup finishes the stream");
+    let mut frames = Vec::new();
+    while let Some(frame) = output.recv().await {
+        frames.push(frame);
+    }
+    assert_eq!(seqs(&frames), vec![0, 1, 2, 3, 4, 5], "frame 3 went to the backup, nothing lost or doubled");
+    assert_eq!((primary_runs.load(Ordering::SeqCst), backup_runs.load(Ordering::SeqCst)), (1, 1));
+}
+
+#[test]
+fn fallback_never_goes_to_a_less_private_backend() {
+    let runs = Arc::new(AtomicU32::new(0));
+    let error = Fallback::new(
+        vec![backend("http://asr.lan:8080/", false, &runs), backend("https://api.example.test/v1", false, &runs)],
+        &self_hosted(),
+    )
+    .expect_err("a cloud backup for a self-hosted primary");
+    let message = error.to_string();
+    assert!(message.contains("backup 1 (stt) is a cloud backend but the primary is self-hosted"), "{message}");
+
+    // The other way round is allowed: a cloud primary may fall back to a self-hosted server.
+    Fallback::new(
+        vec![backend("https://api.example.test/v1", false, &runs), backend("http://asr.lan:8080/", false, &runs)],
+        &self_hosted(),
+    )
+    .expect("a more private backup");
+}
+
+#[tokio::test(start_paused = true)]
+async fn fallback_fails_when_every_backend_failed() {
+    let runs = Arc::new(AtomicU32::new(0));
+    let fallback = Fallback::new(
+        vec![backend("http://asr.lan:8080/", true, &runs), backend("http://asr2.lan:9000/", true, &runs)],
+        &self_hosted(),
+    )
+    .expect("both self-hosted");
+    let (input, session, _output) = graph_around(fallback);
+    for seq in 0..6 {
+        if input.send(common::text(seq, "word")).await.is_err() {
+            break;
+        }
+    }
+    let error = session.wait().await.expect_err("both backends fail");
+    assert!(error.to_string().contains("the backend went away"), "{error}");
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
 }
