@@ -8,6 +8,8 @@ pub mod capture;
 pub mod device;
 pub mod llm;
 pub mod models;
+#[cfg(feature = "net")]
+pub mod net;
 pub mod opus;
 pub mod resample;
 pub mod playback;
