@@ -12,10 +12,20 @@
 //! - [`LlamaLlm`] (feature `llama`): GGUF models run on the device by
 //!   llama.cpp, such as SmolLM2-135M-Instruct from `scripts/setup`.
 
+#[cfg(feature = "net")]
+pub mod events;
 pub mod history;
+#[cfg(feature = "net")]
+pub mod remote;
 #[cfg(feature = "llama")]
 pub mod llama;
 pub mod utf8;
+#[cfg(feature = "openai-llm")]
+pub mod openai;
+#[cfg(feature = "anthropic")]
+pub mod anthropic;
+#[cfg(feature = "ollama")]
+pub mod ollama;
 
 pub use history::{
     ChatMessage, ConversationHistory, Exchange, HistoryError, HistoryLimits, ReplyState, Role, SharedHistory,
