@@ -57,6 +57,15 @@ pub mod pocketsphinx;
 #[cfg(feature = "whisper")]
 pub mod whisper;
 
+#[cfg(feature = "deepgram")]
+pub mod deepgram;
+#[cfg(any(feature = "openai-stt", feature = "deepgram", feature = "ws-stt"))]
+mod network;
+#[cfg(feature = "openai-stt")]
+pub mod transcription;
+#[cfg(feature = "ws-stt")]
+pub mod websocket;
+
 #[cfg(feature = "pocketsphinx")]
 pub use pocketsphinx::{PocketSphinxConfig, PocketSphinxRecognizer};
 #[cfg(feature = "whisper")]
