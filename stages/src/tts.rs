@@ -31,6 +31,10 @@ use crate::text::split_sentences;
 pub mod flite;
 #[cfg(feature = "piper")]
 pub mod piper;
+#[cfg(feature = "elevenlabs")]
+pub mod elevenlabs;
+#[cfg(feature = "openai-tts")]
+pub mod speech;
 
 #[cfg(feature = "flite")]
 pub use flite::{Flite, FliteTts};
