@@ -51,6 +51,7 @@ fn run_clip(runtime: &tokio::runtime::Runtime, clip: &str, output: &PathBuf) -> 
         end_of_turn_silence: None,
         llm_threads: 1,
         live: false,
+        pipeline: None,
     };
     runtime.block_on(async {
         let conversation = conversation::start(&config, SessionId(1)).expect("conversation builds; run scripts/setup");

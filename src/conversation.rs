@@ -3,9 +3,11 @@
 //! The graph is capture → resample to 16 kHz → VAD → end-of-speech marker →
 //! speech-to-text → LLM → sentence aggregation → speech synthesis → resample
 //! to the input's rate → playback → WAV writer. Two logging taps collect each
-//! turn's transcript and reply text. Everything runs on the
-//! device; the graph is built for [`PrivacyTier::OnDevice`], so no stage may
-//! open a socket.
+//! turn's transcript and reply text. By default everything runs on the
+//! device and the graph is built for [`PrivacyTier::OnDevice`], so no stage
+//! may open a socket. A [`PipelineConfig`](crate::config::PipelineConfig)
+//! (feature `network`) swaps the STT, LLM and TTS stages for self-hosted or
+//! cloud backends and sets the tier the graph is checked against.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -80,6 +82,10 @@ pub struct ConversationConfig {
     /// Listen to the default microphone and speak through the default
     /// speaker instead of reading `input` and writing `output` (feature `device`).
     pub live: bool,
+    /// The tier and the STT, LLM and TTS backends from a configuration file;
+    /// `None` runs everything on the device.
+    #[cfg(feature = "network")]
+    pub pipeline: Option<crate::config::PipelineConfig>,
 }
 
 /// The text of one turn: the user's transcript and the reply.
@@ -144,12 +150,21 @@ impl Stage for LogTap {
 /// the next transcript and after it recorded its previous reply.
 struct HeardHistory<P> {
     inner: P,
+    trimmer: HeardTrimmer,
+}
+
+/// Cuts interrupted replies in the history to the part that was played.
+struct HeardTrimmer {
     history: SharedHistory,
     playback: PlaybackLog,
     trimmed: BTreeSet<TurnId>,
 }
 
-impl<P: Processor> HeardHistory<P> {
+impl HeardTrimmer {
+    fn new(history: SharedHistory, playback: PlaybackLog) -> Self {
+        HeardTrimmer { history, playback, trimmed: BTreeSet::new() }
+    }
+
     /// Cuts every reply before `current` to what was heard of it. A new turn
     /// starts only after the voice activity detector interrupted the earlier
     /// ones, so a reply that playback never started was not heard at all.
@@ -206,7 +221,7 @@ impl<P: Processor> Processor for HeardHistory<P> {
 
     fn process(&mut self, frame: Frame, out: &mut Emitter<'_>) -> Result<(), StageError> {
         if matches!(&frame.payload, Payload::Transcript(t) if t.kind == TranscriptKind::Final) {
-            self.trim_unheard(frame.meta.turn);
+            self.trimmer.trim_unheard(frame.meta.turn);
         }
         self.inner.process(frame, out)
     }
@@ -295,7 +310,8 @@ fn name(text: &str) -> Result<StageName, BuildError> {
 
 /// Builds the graph and starts the session on the current tokio runtime.
 pub fn start(config: &ConversationConfig, session: SessionId) -> Result<Conversation, BuildError> {
-    let mut graph = GraphBuilder::new(PrivacyPolicy::new(PrivacyTier::OnDevice));
+    let policy = pipeline_policy(config);
+    let mut graph = GraphBuilder::new(policy.clone());
     let log = ConversationLog::default();
     let playback_log = PlaybackLog::default();
     let position_nanos = Arc::new(AtomicU64::new(0));
@@ -355,27 +371,15 @@ pub fn start(config: &ConversationConfig, session: SessionId) -> Result<Conversa
     graph.connect(vad, marker, lossless);
 
     // Speech to text.
-    let recognizer = WhisperRecognizer::new(WhisperConfig::tiny_en()).map_err(|error| stage_error("stt")(&error))?;
-    let stt = graph.add(processor(WhisperStt::new(name("stt")?, recognizer)));
+    let stt = graph.add(backends::stt(config, &policy)?);
     graph.connect(marker, stt, EdgeConfig::lossless(512));
     let transcript_log = graph.add(LogTap { name: name("transcript-log")?, input: PortFormat::Transcript, log: log.clone() });
     graph.connect(stt, transcript_log, lossless);
 
     // The LLM, with the history trimmed to what the user heard.
     let history = ConversationHistory::new(config.system_prompt.clone(), HistoryLimits::default()).shared();
-    // One thread: llama.cpp's threads spin while they wait for each other, so
-    // two of them on a 2-core machine that also runs speech recognition and
-    // synthesis decode several times slower than one.
-    let mut llm_config = LlamaConfig::smollm2().with_max_new_tokens(config.max_tokens);
-    llm_config.threads = config.llm_threads;
-    let llm = LlamaLlm::new(name("llm")?, llm_config, Arc::clone(&history)).map_err(|error| stage_error("llm")(&error))?;
-    let generations = llm.generation_log();
-    let llm = graph.add(processor(HeardHistory {
-        inner: llm,
-        history: Arc::clone(&history),
-        playback: playback_log.clone(),
-        trimmed: BTreeSet::new(),
-    }));
+    let (llm, generations) = backends::llm(config, &policy, &history, &playback_log)?;
+    let llm = graph.add(llm);
     graph.connect(stt, llm, lossless);
     let reply_log = graph.add(LogTap { name: name("reply-log")?, input: PortFormat::Text, log: log.clone() });
     graph.connect(llm, reply_log, EdgeConfig::lossless(1_024));
@@ -383,7 +387,7 @@ pub fn start(config: &ConversationConfig, session: SessionId) -> Result<Conversa
     // Sentences to speech.
     let aggregator = graph.add(processor(SentenceAggregator::new(name("sentences")?)));
     graph.connect(llm, aggregator, EdgeConfig::lossless(1_024));
-    let (tts, voice_rate) = build_tts(config)?;
+    let (tts, voice_rate) = backends::tts(config, &policy)?;
     let tts = graph.add(tts);
     graph.connect(aggregator, tts, lossless);
 
@@ -531,7 +535,67 @@ fn vad_stage<D: VoiceDetector>(config: &ConversationConfig, detector: D) -> Resu
     Ok(processor(vad))
 }
 
-fn build_tts(config: &ConversationConfig) -> Result<(Box<dyn Stage>, u32), BuildError> {
+/// The on-device LLM: SmolLM2 through llama.cpp, wrapped so that the history
+/// keeps only what the user heard of interrupted replies.
+fn llama_llm(
+    config: &ConversationConfig,
+    history: &SharedHistory,
+    playback: &PlaybackLog,
+) -> Result<(Box<dyn Stage>, GenerationLog), BuildError> {
+    // One thread: llama.cpp's threads spin while they wait for each other, so
+    // two of them on a 2-core machine that also runs speech recognition and
+    // synthesis decode several times slower than one.
+    let mut llm_config = LlamaConfig::smollm2().with_max_new_tokens(config.max_tokens);
+    llm_config.threads = config.llm_threads;
+    let llm = LlamaLlm::new(name("llm")?, llm_config, Arc::clone(history)).map_err(|error| stage_error("llm")(&error))?;
+    let generations = llm.generation_log();
+    let trimmer = HeardTrimmer::new(Arc::clone(history), playback.clone());
+    Ok((processor(HeardHistory { inner: llm, trimmer }), generations))
+}
+
+/// The on-device speech recognizer: Whisper tiny.en.
+fn whisper_stt() -> Result<Box<dyn Stage>, BuildError> {
+    let recognizer = WhisperRecognizer::new(WhisperConfig::tiny_en()).map_err(|error| stage_error("stt")(&error))?;
+    Ok(processor(WhisperStt::new(name("stt")?, recognizer)))
+}
+
+/// Returns the policy of the configured tier, or the on-device one.
+fn pipeline_policy(config: &ConversationConfig) -> PrivacyPolicy {
+    #[cfg(feature = "network")]
+    if let Some(pipeline) = &config.pipeline {
+        return pipeline.policy();
+    }
+    let _ = config;
+    PrivacyPolicy::new(PrivacyTier::OnDevice)
+}
+
+#[cfg(not(feature = "network"))]
+mod backends {
+    //! Without the `network` feature every stage runs on the device.
+    use super::*;
+
+    pub(super) fn stt(_config: &ConversationConfig, _policy: &PrivacyPolicy) -> Result<Box<dyn Stage>, BuildError> {
+        whisper_stt()
+    }
+
+    pub(super) fn llm(
+        config: &ConversationConfig,
+        _policy: &PrivacyPolicy,
+        history: &SharedHistory,
+        playback: &PlaybackLog,
+    ) -> Result<(Box<dyn Stage>, GenerationLog), BuildError> {
+        llama_llm(config, history, playback)
+    }
+
+    pub(super) fn tts(config: &ConversationConfig, _policy: &PrivacyPolicy) -> Result<(Box<dyn Stage>, u32), BuildError> {
+        on_device_tts(config)
+    }
+}
+
+#[cfg(feature = "network")]
+pub mod backends;
+
+fn on_device_tts(config: &ConversationConfig) -> Result<(Box<dyn Stage>, u32), BuildError> {
     match config.tts {
         TtsChoice::Flite => {
             let tts = mentis_stages::tts::FliteTts::slt(name("tts")?).map_err(|error| stage_error("tts")(&error))?;

@@ -8,5 +8,7 @@ pub use mentis_gateway as gateway;
 pub use mentis_pipeline as pipeline;
 pub use mentis_stages as stages;
 
+#[cfg(feature = "network")]
+pub mod config;
 #[cfg(feature = "on-device")]
 pub mod conversation;

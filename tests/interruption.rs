@@ -86,6 +86,7 @@ fn run(gap: Duration, max_tokens: u32) -> Outcome {
         end_of_turn_silence: None,
         llm_threads: 1,
         live: false,
+        pipeline: None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     runtime.block_on(async {

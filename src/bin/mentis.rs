@@ -26,7 +26,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Replies to a recording with synthesized speech, fully on device.
+    /// Replies to a recording with synthesized speech: on the device, or
+    /// with the self-hosted or cloud backends a --config file picks.
     Converse(ConverseArgs),
 }
 
@@ -81,6 +82,12 @@ struct ConverseArgs {
     /// recognition and synthesis, 1 is fastest.
     #[arg(long, default_value_t = 1)]
     llm_threads: u16,
+    /// A TOML file that sets the privacy tier and picks self-hosted or cloud
+    /// backends for speech recognition, the LLM and speech synthesis (see
+    /// configs/ for one example per tier). Without it everything runs on
+    /// the device.
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 const fn default_tts() -> TtsArg {
@@ -140,9 +147,11 @@ async fn converse(args: ConverseArgs) -> Result<(), Box<dyn std::error::Error>> 
         end_of_turn_silence: args.end_silence_ms.map(Duration::from_millis),
         llm_threads: args.llm_threads,
         live: args.live,
+        pipeline: args.config.as_deref().map(mentis::config::PipelineConfig::load).transpose()?,
     };
 
-    eprintln!("loading models and building the on-device pipeline...");
+    let tier = config.pipeline.as_ref().map_or(mentis::pipeline::PrivacyTier::OnDevice, |pipeline| pipeline.tier);
+    eprintln!("loading models and building the pipeline for the {tier} tier...");
     let conversation = conversation::start(&config, SessionId(1))?;
     eprintln!(
         "input: {} ({}, {:.1} s), {}",
@@ -226,6 +235,23 @@ async fn converse(args: ConverseArgs) -> Result<(), Box<dyn std::error::Error>> 
             show(turn.first_tts_audio_ms),
             show(turn.voice_to_voice_ms)
         );
+    }
+
+    // Every connection that left the device, so the user sees where data went.
+    if !report.egress.is_empty() {
+        println!();
+        println!("connections that left the device:");
+        println!("{:>8} {:<12} {:<28} {:>12} {:>14}", "stage", "tier", "host", "bytes sent", "bytes received");
+        for record in &report.egress {
+            println!(
+                "{:>8} {:<12} {:<28} {:>12} {:>14}",
+                record.stage,
+                record.tier.to_string(),
+                format!("{}:{}", record.host, record.port),
+                record.bytes_sent,
+                record.bytes_received
+            );
+        }
     }
 
     let json = serde_json::json!({
