@@ -22,7 +22,7 @@
 //! sample_rate = 24000
 //! ```
 //!
-//! Every section is optional; a missing one keeps the on-device backend.
+//! Every section is optional. A missing one keeps the on-device backend.
 //! API keys are never written in the file: `api_key_env` names an
 //! environment variable and `api_key_file` a file (readable by its owner
 //! only) that holds the key. A `[[stt.fallback]]` (or llm, tts) table adds a
@@ -99,7 +99,7 @@ pub enum TtsBackend {
 }
 
 /// Whether a backend runs on the device, on a self-hosted server, or at a
-/// cloud provider; decides whether plaintext URLs are accepted.
+/// cloud provider, which decides whether plaintext URLs are accepted.
 pub trait BackendKind: Copy + std::fmt::Debug {
     /// The backend's name in messages.
     fn label(self) -> &'static str;
@@ -185,8 +185,8 @@ impl BackendKind for TtsBackend {
 pub struct BackendConfig<B> {
     /// The backend.
     pub backend: B,
-    /// The endpoint; each network backend has a default for its provider
-    /// and needs one when self-hosted.
+    /// The endpoint. Each cloud backend has its provider's address as the
+    /// default, and a self-hosted one needs it.
     #[serde(default)]
     pub url: Option<Url>,
     /// The model name at the provider.
@@ -272,7 +272,7 @@ impl PipelineConfig {
 }
 
 impl<B: BackendKind> BackendConfig<B> {
-    /// Returns the backend's connection settings; `None` for an on-device
+    /// Returns the backend's connection settings, or `None` for an on-device
     /// backend. `default_url` is the provider's address, used when the file
     /// gives none.
     pub fn endpoint(
@@ -286,7 +286,7 @@ impl<B: BackendKind> BackendConfig<B> {
             (Some(url), _) => url.clone(),
             (None, Some(default)) => Url::parse(default).map_err(|error| problem(error.to_string()))?,
             (None, None) => {
-                // On-device backends have no URL; every network one needs a server address.
+                // On-device backends have no URL, and every network one needs a server address.
                 let any = Url::parse("http://127.0.0.1/").map_err(|error| problem(error.to_string()))?;
                 if self.backend.hosting(&any).is_none() {
                     return Ok(None);

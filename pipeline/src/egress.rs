@@ -51,7 +51,7 @@ pub struct EgressRecord {
     pub bytes_received: u64,
     /// When the connection opened, in milliseconds since the Unix epoch.
     pub started_unix_ms: u64,
-    /// When it closed, in milliseconds since the Unix epoch; `None` while open.
+    /// When it closed, in milliseconds since the Unix epoch, or `None` while it is open.
     pub ended_unix_ms: Option<u64>,
 }
 
@@ -138,7 +138,7 @@ impl EgressLog {
     }
 }
 
-/// Counts the bytes of one open connection; closes its entry when dropped.
+/// Counter of the bytes of one open connection. Dropping the last clone closes its entry.
 #[derive(Debug, Clone)]
 pub struct ConnectionRecord(Arc<Entry>);
 
@@ -153,7 +153,7 @@ impl ConnectionRecord {
         self.0.bytes_received.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
-    /// Marks the connection closed now; later calls keep the first time.
+    /// Marks the connection closed now. Later calls keep the first time.
     pub fn close(&self) {
         let mut ended = self.0.ended.lock();
         if ended.is_none() {

@@ -225,7 +225,7 @@ where
 
 /// What [`run_with_replay`] does after an attempt.
 enum Next {
-    /// Runs this stage after the wait; the words say why, for the log.
+    /// Runs this stage after the wait. The text is the reason, for the log.
     After(Duration, Box<dyn Stage>, &'static str),
     /// Returns the last error.
     GiveUp,
@@ -236,7 +236,7 @@ enum Next {
 /// Runs stages one after another on the same I/O until one ends cleanly:
 /// `next(attempt, last_error)` picks each (attempt 0 has no error). Frames
 /// the failed stage received after its last output are replayed to the next
-/// one; a failure with more of them than `max_replay` is not retried.
+/// one. A failure with more of them than `max_replay` is not retried.
 async fn run_with_replay(
     io: &mut StageIo,
     max_replay: usize,
@@ -358,7 +358,7 @@ pub enum FallbackError {
 
 impl Fallback {
     /// Wraps `backends`, the primary first. The stage keeps the primary's
-    /// name; `policy` judges how private each backend's endpoints are.
+    /// name, and `policy` decides how private each backend's endpoints are.
     pub fn new(backends: Vec<Box<dyn Stage>>, policy: &PrivacyPolicy) -> Result<Self, FallbackError> {
         let specs: Vec<StageSpec> = backends.iter().map(|stage| stage.spec()).collect();
         let Some(primary) = specs.first() else {

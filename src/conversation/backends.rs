@@ -16,7 +16,7 @@ use mentis_stages::playback::PlaybackLog;
 use super::{BuildError, ConversationConfig, HeardTrimmer, llama_llm, name, on_device_tts, output_rate, whisper_stt};
 use crate::config::{BackendConfig, ConfigError, LlmBackend, SttBackend, TtsBackend};
 
-/// Deepgram's API host; the stage adds `/v1/listen` and the options.
+/// Deepgram's API host. The stage adds `/v1/listen` and the options.
 pub const DEEPGRAM_URL: &str = "wss://api.deepgram.com";
 /// ElevenLabs' API host, for the stream-input WebSocket.
 pub const ELEVENLABS_URL: &str = "wss://api.elevenlabs.io";
@@ -37,7 +37,7 @@ fn chain<B: Clone>(primary: &BackendConfig<B>) -> Vec<BackendConfig<B>> {
     backends
 }
 
-/// Wraps several backends in a [`Fallback`]; one is returned as is.
+/// Wraps several backends in a [`Fallback`], and returns a single one as is.
 fn with_fallback(mut stages: Vec<Box<dyn Stage>>, policy: &PrivacyPolicy, stage: &'static str) -> Result<Box<dyn Stage>, BuildError> {
     if stages.len() == 1 {
         return Ok(stages.remove(0));

@@ -78,7 +78,7 @@ impl ChatProtocol for OllamaChat {
         let body = ChatRequest::new(self.model.clone(), messages, options);
         let mut request = Request::post_json(endpoint.join("api/chat")?, &body)?;
         if let Some(key) = endpoint.api_key() {
-            // Ollama has no keys of its own; a reverse proxy in front of it may.
+            // Ollama has no keys of its own, but a reverse proxy in front of it may.
             request.secret_header(http::header::AUTHORIZATION, "Bearer ", key)?;
         }
         Ok(request)

@@ -15,7 +15,7 @@
 //!   turn ends with what arrived, marked partial in the [`ReplyLog`], and a
 //!   [`Control::Error`] frame tells the application.
 //! - An interrupt for the turn drops the response, which closes the socket
-//!   at once; the reply keeps the text generated so far, which the playback
+//!   at once. The reply keeps the text generated so far, which the playback
 //!   stage later cuts to what was heard.
 
 use std::collections::VecDeque;
@@ -40,7 +40,7 @@ use crate::net::{Endpoint, NetError};
 pub struct ReplySettings {
     /// The most tokens a reply may have.
     pub max_tokens: u32,
-    /// Sampling temperature; the provider's default when `None`.
+    /// Sampling temperature, or `None` for the provider's default.
     pub temperature: Option<f32>,
 }
 
@@ -117,7 +117,7 @@ impl<D: Send> StreamDecoder for SseDecoder<D> {
     }
 
     fn finish(&mut self, _events: &mut Vec<ChatEvent>) -> Result<(), ChatStreamError> {
-        // A cut last event is part of an incomplete stream; the state machine says so.
+        // A cut last event belongs to an incomplete stream, which the state machine reports.
         let _ = self.parser.finish();
         (self.finish)(&self.state)
     }
@@ -176,7 +176,7 @@ impl ReplyLog {
     }
 }
 
-/// The LLM stage for a network backend; see the [module docs](self).
+/// The LLM stage for a network backend (see the [module docs](self)).
 pub struct RemoteLlm<P> {
     name: StageName,
     protocol: P,
@@ -391,7 +391,7 @@ impl<P: ChatProtocol> RemoteLlm<P> {
             let chunk = tokio::select! {
                 chunk = response.chunk() => chunk,
                 interrupt = watch_inbox(io, reply.turn, queued) => {
-                    // Dropping the response closes the socket; the reply keeps what arrived.
+                    // Dropping the response closes the socket. The reply keeps what arrived.
                     drop(response);
                     reply.interrupt = Some(interrupt);
                     return Ok(None);

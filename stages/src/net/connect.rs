@@ -35,8 +35,8 @@ use super::error::NetError;
 /// Default limit for TCP connect plus TLS handshake.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default limit from sending a request to the first byte of the response.
-/// LLM providers can take seconds to start a long prompt; speech services
-/// answer in well under a second.
+/// LLM providers can take seconds to start a long prompt, while speech
+/// services respond in well under a second.
 pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Default limit of silence in the middle of a response.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -104,9 +104,9 @@ pub fn tls_config(extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>, NetError
             })?;
         }
     }
-    // ring lacks the post-quantum key exchange that rustls now prefers, and
-    // rustls marks its provider deprecated for that; ring is kept because it
-    // builds without cmake or a C toolchain beyond cc.
+    // rustls marks its ring provider deprecated because ring lacks the
+    // post-quantum key exchange. ring is kept because it builds with cc alone,
+    // without cmake.
     #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = ClientConfig::builder_with_provider(provider)
@@ -117,7 +117,7 @@ pub fn tls_config(extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>, NetError
     Ok(Arc::new(config))
 }
 
-/// Opens the connections of one stage; see the [module docs](self).
+/// Opener of the connections of one stage (see the [module docs](self)).
 #[derive(Clone)]
 pub struct Connector {
     stage: StageName,
@@ -165,7 +165,7 @@ impl Connector {
         &self.stage
     }
 
-    /// Opens a connection to the host of `url`; TLS for `https` and `wss`.
+    /// Opens a connection to the host of `url`, with TLS for `https` and `wss`.
     pub async fn connect(&self, url: &Url) -> Result<Conn, NetError> {
         let endpoint = redact_url(url);
         let limit = self.timeouts.connect;

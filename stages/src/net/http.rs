@@ -100,7 +100,7 @@ pub struct Response {
     endpoint: String,
     idle: Duration,
     first_byte: Duration,
-    /// Drives the connection; aborted when the response is dropped, which closes the socket.
+    /// The task that drives the connection. Dropping the response aborts it, which closes the socket.
     driver: AbortOnDrop,
 }
 

@@ -18,7 +18,7 @@ pub type WebSocket = WebSocketStream<Conn>;
 /// audio chunks of a few hundred kilobytes at most.
 pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
 
-/// Opens a WebSocket to `url` with extra request headers; a secret header
+/// Opens a WebSocket to `url` with extra request headers. A secret header
 /// (the API key) is marked sensitive. The handshake must finish within the
 /// first-byte timeout.
 pub async fn connect(
