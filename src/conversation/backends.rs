@@ -209,6 +209,11 @@ fn deepgram_stt(name: StageName, endpoint: Endpoint, backend: &BackendConfig<Stt
     if backend.language.is_some() {
         settings.options.language.clone_from(&backend.language);
     }
+    // The answer to Finalize is the first response to a request, so the
+    // configured first-byte limit also bounds the wait for it.
+    if let Some(timeouts) = backend.timeouts {
+        settings.finalize_wait = timeouts.first_byte;
+    }
     Ok(Box::new(DeepgramStt::new(name, endpoint, settings).map_err(|error| setup_error("stt")(&error))?))
 }
 
