@@ -33,6 +33,8 @@ pub mod flite;
 pub mod piper;
 #[cfg(feature = "elevenlabs")]
 pub mod elevenlabs;
+#[cfg(any(feature = "openai-tts", feature = "elevenlabs"))]
+mod network;
 #[cfg(feature = "openai-tts")]
 pub mod speech;
 

@@ -19,14 +19,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use mentis_pipeline::wrap::RetryPolicy;
 use mentis_pipeline::{Control, MediaTime, PrivacyTier, Secret, TranscriptKind, TurnId, TurnMark};
 use mentis_stages::net::{Endpoint, Hosting, Timeouts};
 use mentis_stages::stt::deepgram::{BACKEND, DeepgramConfig, DeepgramStt};
 use net_support::TestTls;
 use parking_lot::Mutex;
 use serde_json::json;
-use stt_support::{Harness, finals, is_control, is_final, position, transcripts};
+use stt_support::{Harness, assert_final_before_stopped, finals, partials, quick_retry};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -284,7 +283,7 @@ fn stage(server: &Server, config: DeepgramConfig) -> DeepgramStt {
         .expect("CA")
         .with_api_key(Secret::new(KEY))
         .with_timeouts(Timeouts { connect: Duration::from_secs(3), first_byte: Duration::from_secs(3), idle: Duration::from_secs(5) })
-        .with_retry(RetryPolicy { max_retries: 3, initial_backoff: Duration::from_millis(20), max_backoff: Duration::from_millis(100), ..RetryPolicy::default() });
+        .with_retry(quick_retry());
     DeepgramStt::new(mentis_pipeline::StageName::new("stt").expect("name"), endpoint, config).expect("stage")
 }
 
@@ -299,11 +298,9 @@ async fn a_segment_gives_partials_and_one_final() {
     result.expect("clean end");
 
     assert_eq!(finals(&frames), vec![(TurnId(1), "w1 w2 w3 w4".to_owned()), (TurnId(2), "w5 w6".to_owned())]);
-    let partials: Vec<_> = transcripts(&frames).into_iter().filter(|(_, kind, _)| *kind == TranscriptKind::Partial).collect();
-    assert!(partials.iter().any(|(turn, _, text)| *turn == TurnId(1) && text == "w1"), "{partials:?}");
-    let final_1 = position(&frames, |frame| is_final(frame, TurnId(1))).expect("final");
-    let stopped_1 = position(&frames, |frame| is_control(frame, TurnId(1), &Control::SpeechStopped)).expect("stopped");
-    assert!(final_1 < stopped_1, "the final comes before the SpeechStopped it belongs to");
+    let partials = partials(&frames);
+    assert!(partials.iter().any(|(turn, text)| *turn == TurnId(1) && text == "w1"), "{partials:?}");
+    assert_final_before_stopped(&frames, TurnId(1));
     assert!(turns.get(TurnId(1), TurnMark::FinalTranscript).is_some());
 
     let seen = server.seen.lock();

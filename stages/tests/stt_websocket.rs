@@ -15,13 +15,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use mentis_pipeline::wrap::RetryPolicy;
-use mentis_pipeline::{Control, MediaTime, PrivacyTier, TranscriptKind, TurnId};
+use mentis_pipeline::{Control, MediaTime, PrivacyTier, TurnId};
 use mentis_stages::net::{Endpoint, Hosting};
 use mentis_stages::stt::websocket::{BACKEND, WebSocketStt, WebSocketSttConfig};
 use parking_lot::Mutex;
 use serde_json::json;
-use stt_support::{Harness, finals, is_control, is_final, position, transcripts};
+use stt_support::{Harness, assert_final_before_stopped, finals, partials, quick_retry};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 use url::Url;
@@ -133,12 +132,7 @@ async fn server(drop_first_after: Option<usize>) -> Server {
 
 fn stage(server: &Server) -> WebSocketStt {
     let url = Url::parse(&format!("ws://127.0.0.1:{}", server.address.port())).expect("url");
-    let endpoint = Endpoint::new(BACKEND, Hosting::SelfHosted, url).expect("endpoint").with_retry(RetryPolicy {
-        max_retries: 3,
-        initial_backoff: Duration::from_millis(20),
-        max_backoff: Duration::from_millis(100),
-        ..RetryPolicy::default()
-    });
+    let endpoint = Endpoint::new(BACKEND, Hosting::SelfHosted, url).expect("endpoint").with_retry(quick_retry());
     let config = WebSocketSttConfig { sample_format: mentis_pipeline::SampleFormat::I16, ..WebSocketSttConfig::default() };
     WebSocketStt::new(mentis_pipeline::StageName::new("stt").expect("name"), endpoint, config).expect("stage")
 }
@@ -154,11 +148,9 @@ async fn a_segment_gives_partials_and_one_final() {
 
     // The server ended an utterance after w2; the segment still has one final.
     assert_eq!(finals(&frames), vec![(TurnId(1), "w1 w2 w3".to_owned()), (TurnId(2), "w4".to_owned())]);
-    let partials: Vec<_> = transcripts(&frames).into_iter().filter(|(_, kind, _)| *kind == TranscriptKind::Partial).collect();
-    assert!(partials.iter().any(|(turn, _, text)| *turn == TurnId(1) && text == "w1"), "{partials:?}");
-    let final_1 = position(&frames, |frame| is_final(frame, TurnId(1))).expect("final");
-    let stopped_1 = position(&frames, |frame| is_control(frame, TurnId(1), &Control::SpeechStopped)).expect("stopped");
-    assert!(final_1 < stopped_1);
+    let partials = partials(&frames);
+    assert!(partials.iter().any(|(turn, text)| *turn == TurnId(1) && text == "w1"), "{partials:?}");
+    assert_final_before_stopped(&frames, TurnId(1));
 
     let seen = server.seen.lock();
     assert_eq!(seen.connections, 2, "one connection per segment");

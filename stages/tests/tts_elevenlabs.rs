@@ -21,15 +21,14 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use futures::{SinkExt, StreamExt};
-use mentis_pipeline::edge::{Receiver, Sender, channel};
 use mentis_pipeline::wrap::RetryPolicy;
 use mentis_pipeline::{
-    Control, EdgeConfig, EgressLog, Frame, FrameMeta, MediaTime, Payload, PrivacyPolicy, PrivacyTier, Samples, Secret,
-    SessionId, Stage, StageError, StageIo, StageName, TextDelta, TurnClock, TurnId, TurnMark, UsageLog,
+    Control, Frame, FrameMeta, MediaTime, Payload, PrivacyTier, Secret, SessionId, StageName, TextDelta, TurnId,
+    TurnMark,
 };
 use mentis_stages::net::{Endpoint, Hosting};
 use mentis_stages::tts::elevenlabs::{ElevenLabsConfig, ElevenLabsSetupError, ElevenLabsTts};
-use net_support::{SeenRequest, TestServer, TestTls, eventually, full};
+use net_support::{SeenRequest, TestServer, TestTls, TtsRun, assert_key_hidden, eventually, full, mono_f32_audio};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -205,65 +204,9 @@ fn stage(endpoint: Endpoint, keep_alive: Duration) -> ElevenLabsTts {
     ElevenLabsTts::new(name("tts"), endpoint, config).expect("valid settings")
 }
 
-/// A running stage with its edges and the session's records.
-struct Running {
-    input: Option<Sender>,
-    output: Receiver,
-    usage: UsageLog,
-    egress: EgressLog,
-    turns: TurnClock,
-    task: tokio::task::JoinHandle<Result<(), StageError>>,
-}
-
-impl Running {
-    fn start(mut stage: ElevenLabsTts) -> Running {
-        let (input, inbox) = channel("text -> tts", EdgeConfig::lossless(64));
-        let (outbox, output) = channel("tts -> out", EdgeConfig::lossless(8192));
-        let mut io = StageIo::detached(name("tts"), SESSION, vec![inbox], vec![outbox])
-            .with_policy(PrivacyPolicy::new(PrivacyTier::Cloud));
-        let (usage, egress, turns) = (io.usage.clone(), io.egress.clone(), io.turns.clone());
-        let task = tokio::spawn(async move { stage.run(&mut io).await });
-        Running { input: Some(input), output, usage, egress, turns, task }
-    }
-
-    async fn send(&self, frame: Frame) {
-        self.input.as_ref().expect("input open").send(frame).await.expect("the stage takes input");
-    }
-
-    async fn next(&mut self) -> Frame {
-        tokio::time::timeout(Duration::from_secs(10), self.output.recv())
-            .await
-            .expect("an output frame within 10 s")
-            .expect("the stage is still running")
-    }
-
-    async fn finish(mut self) -> (Vec<Frame>, Result<(), StageError>) {
-        self.input.take();
-        let mut frames = Vec::new();
-        let collect = async {
-            while let Some(frame) = self.output.recv().await {
-                frames.push(frame);
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(20), collect).await.expect("the stage ends within 20 s");
-        let result = self.task.await.expect("the stage task does not panic");
-        (frames, result)
-    }
-}
-
 /// Audio frames as (turn, timestamp, samples).
 fn audio_of(frames: &[Frame]) -> Vec<(TurnId, MediaTime, Vec<f32>)> {
-    frames
-        .iter()
-        .filter_map(|frame| {
-            let audio = frame.as_audio()?;
-            assert_eq!((audio.format().sample_rate, audio.format().channels), (RATE, 1));
-            let Samples::F32(samples) = audio.samples() else {
-                panic!("expected f32 samples, got {:?}", audio.format());
-            };
-            Some((frame.meta.turn, frame.meta.timestamp, samples.to_vec()))
-        })
-        .collect()
+    mono_f32_audio(frames, RATE)
 }
 
 /// Checks one turn's frames: 20 ms each but the last, timestamps from 0,
@@ -295,7 +238,7 @@ async fn messages_follow_the_protocol_and_audio_is_exact() {
     // The server closes a connection that is silent for 300 ms; the client's
     // keep-alive every 100 ms must carry it through a 700 ms pause.
     let (server, tls, log) = eleven_server(Mode::Normal, Duration::from_millis(300)).await;
-    let mut running = Running::start(stage(endpoint(&server, &tls, 0), Duration::from_millis(100)));
+    let mut running = TtsRun::start(stage(endpoint(&server, &tls, 0), Duration::from_millis(100)), SESSION, PrivacyTier::Cloud);
 
     running.send(text(1, "Hello there.", false)).await;
     // Audio flows back while the turn's text is still open.
@@ -352,7 +295,7 @@ async fn messages_follow_the_protocol_and_audio_is_exact() {
 #[tokio::test]
 async fn a_drop_before_audio_is_retried_with_the_turn_text() {
     let (server, tls, log) = eleven_server(Mode::DropBeforeAudio, Duration::from_secs(5)).await;
-    let running = Running::start(stage(endpoint(&server, &tls, 2), Duration::from_secs(1)));
+    let running = TtsRun::start(stage(endpoint(&server, &tls, 2), Duration::from_secs(1)), SESSION, PrivacyTier::Cloud);
 
     running.send(text(1, "One.", false)).await;
     running.send(text(1, "Two.", true)).await;
@@ -373,7 +316,7 @@ async fn a_drop_before_audio_is_retried_with_the_turn_text() {
 #[tokio::test]
 async fn bad_base64_before_audio_fails_the_stage() {
     let (server, tls, log) = eleven_server(Mode::BadBase64, Duration::from_secs(5)).await;
-    let running = Running::start(stage(endpoint(&server, &tls, 2), Duration::from_secs(1)));
+    let running = TtsRun::start(stage(endpoint(&server, &tls, 2), Duration::from_secs(1)), SESSION, PrivacyTier::Cloud);
 
     running.send(text(1, "Hello.", true)).await;
     let (frames, result) = running.finish().await;
@@ -388,7 +331,7 @@ async fn bad_base64_before_audio_fails_the_stage() {
 #[tokio::test]
 async fn malformed_json_after_audio_is_reported_and_the_next_turn_speaks() {
     let (server, tls, _log) = eleven_server(Mode::MalformedAfterAudio, Duration::from_secs(5)).await;
-    let running = Running::start(stage(endpoint(&server, &tls, 2), Duration::from_secs(1)));
+    let running = TtsRun::start(stage(endpoint(&server, &tls, 2), Duration::from_secs(1)), SESSION, PrivacyTier::Cloud);
 
     running.send(text(1, "Hello.", true)).await;
     let mut frames = Vec::new();
@@ -423,7 +366,7 @@ async fn malformed_json_after_audio_is_reported_and_the_next_turn_speaks() {
 #[tokio::test]
 async fn a_close_without_is_final_is_reported() {
     let (server, tls, _log) = eleven_server(Mode::NoFinal, Duration::from_secs(5)).await;
-    let running = Running::start(stage(endpoint(&server, &tls, 2), Duration::from_secs(1)));
+    let running = TtsRun::start(stage(endpoint(&server, &tls, 2), Duration::from_secs(1)), SESSION, PrivacyTier::Cloud);
 
     running.send(text(1, "Cut short.", true)).await;
     let (frames, result) = running.finish().await;
@@ -443,7 +386,7 @@ async fn a_close_without_is_final_is_reported() {
 #[tokio::test]
 async fn interrupt_closes_the_socket_within_100_ms() {
     let (server, tls, log) = eleven_server(Mode::Endless, Duration::from_secs(5)).await;
-    let mut running = Running::start(stage(endpoint(&server, &tls, 0), Duration::from_secs(1)));
+    let mut running = TtsRun::start(stage(endpoint(&server, &tls, 0), Duration::from_secs(1)), SESSION, PrivacyTier::Cloud);
 
     running.send(text(1, "Go on forever.", false)).await;
     let first = running.next().await;
@@ -478,7 +421,7 @@ async fn the_api_key_never_appears_in_output() {
         .with_api_key(Secret::new(KEY));
     let eleven = stage(endpoint, Duration::from_secs(1));
     let described = format!("{eleven:?}");
-    let running = Running::start(eleven);
+    let running = TtsRun::start(eleven, SESSION, PrivacyTier::Cloud);
 
     running.send(text(1, "Hello.", true)).await;
     let (usage, egress) = (running.usage.clone(), running.egress.clone());
@@ -486,16 +429,14 @@ async fn the_api_key_never_appears_in_output() {
 
     let error = result.expect_err("a refused key fails the stage");
     assert!(error.to_string().contains("401"), "{error}");
-    for output in [
+    assert_key_hidden(KEY, &[
         described,
         error.to_string(),
         format!("{error:?}"),
         format!("{:?}", usage.records()),
         format!("{:?}", egress.records()),
         format!("{frames:?}"),
-    ] {
-        assert!(!output.contains(KEY), "the key appears in {output}");
-    }
+    ]);
 }
 
 #[test]

@@ -16,15 +16,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mentis_pipeline::edge::{Receiver, Sender, channel};
 use mentis_pipeline::wrap::RetryPolicy;
 use mentis_pipeline::{
-    Control, EdgeConfig, EgressLog, Frame, FrameMeta, MediaTime, Payload, PrivacyPolicy, PrivacyTier, Samples, Secret,
-    SessionId, Stage, StageError, StageIo, StageName, TextDelta, TurnClock, TurnId, TurnMark, UsageLog,
+    Control, Frame, FrameMeta, MediaTime, Payload, PrivacyTier, Secret, SessionId, StageName, TextDelta, TurnId,
+    TurnMark,
 };
 use mentis_stages::net::{Endpoint, Hosting, Timeouts};
 use mentis_stages::tts::speech::{OpenAiSpeech, SpeechConfig, SpeechConfigError};
-use net_support::{SeenRequest, TestServer, eventually, full, short_timeouts, streamed};
+use net_support::{
+    SeenRequest, TestServer, TtsRun, assert_key_hidden, eventually, full, mono_f32_audio, short_timeouts, streamed,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -100,68 +101,9 @@ fn stage(endpoint: Endpoint) -> OpenAiSpeech {
     OpenAiSpeech::new(name("tts"), endpoint, config).expect("valid settings")
 }
 
-/// A running stage with its edges and the session's records.
-struct Running {
-    input: Option<Sender>,
-    output: Receiver,
-    usage: UsageLog,
-    egress: EgressLog,
-    turns: TurnClock,
-    task: tokio::task::JoinHandle<Result<(), StageError>>,
-}
-
-impl Running {
-    fn start(mut stage: OpenAiSpeech) -> Running {
-        let (input, inbox) = channel("text -> tts", EdgeConfig::lossless(64));
-        let (outbox, output) = channel("tts -> out", EdgeConfig::lossless(8192));
-        let mut io = StageIo::detached(name("tts"), SESSION, vec![inbox], vec![outbox])
-            .with_policy(PrivacyPolicy::new(PrivacyTier::SelfHosted));
-        let (usage, egress, turns) = (io.usage.clone(), io.egress.clone(), io.turns.clone());
-        let task = tokio::spawn(async move { stage.run(&mut io).await });
-        Running { input: Some(input), output, usage, egress, turns, task }
-    }
-
-    async fn send(&self, frame: Frame) {
-        self.input.as_ref().expect("input open").send(frame).await.expect("the stage takes input");
-    }
-
-    /// Waits for the next output frame.
-    async fn next(&mut self) -> Frame {
-        tokio::time::timeout(Duration::from_secs(10), self.output.recv())
-            .await
-            .expect("an output frame within 10 s")
-            .expect("the stage is still running")
-    }
-
-    /// Ends the input and returns the rest of the output and the result of `run`.
-    async fn finish(mut self) -> (Vec<Frame>, Result<(), StageError>) {
-        self.input.take();
-        let mut frames = Vec::new();
-        let collect = async {
-            while let Some(frame) = self.output.recv().await {
-                frames.push(frame);
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(20), collect).await.expect("the stage ends within 20 s");
-        let result = self.task.await.expect("the stage task does not panic");
-        (frames, result)
-    }
-}
-
 /// Audio frames as (turn, timestamp, samples).
 fn audio_of(frames: &[Frame]) -> Vec<(TurnId, MediaTime, Vec<f32>)> {
-    frames
-        .iter()
-        .filter_map(|frame| {
-            let audio = frame.as_audio()?;
-            assert_eq!(audio.format().sample_rate, RATE);
-            assert_eq!(audio.format().channels, 1);
-            let Samples::F32(samples) = audio.samples() else {
-                panic!("expected f32 samples, got {:?}", audio.format());
-            };
-            Some((frame.meta.turn, frame.meta.timestamp, samples.to_vec()))
-        })
-        .collect()
+    mono_f32_audio(frames, RATE)
 }
 
 /// Checks the frames of one turn: 20 ms each except the last of each
@@ -232,7 +174,7 @@ async fn pcm_split_at_odd_offsets_keeps_every_sample() {
         async move { split_body(&samples, SIZES) }
     })
     .await;
-    let running = Running::start(stage(endpoint(&server, Timeouts::default(), 0)));
+    let running = TtsRun::start(stage(endpoint(&server, Timeouts::default(), 0)), SESSION, PrivacyTier::SelfHosted);
 
     running.send(text(1, "Hello there.", false)).await;
     running.send(text(1, "How are you?", true)).await;
@@ -297,7 +239,7 @@ async fn audio_streams_before_the_body_ends() {
         }
     })
     .await;
-    let mut running = Running::start(stage(endpoint(&server, Timeouts::default(), 0)));
+    let mut running = TtsRun::start(stage(endpoint(&server, Timeouts::default(), 0)), SESSION, PrivacyTier::SelfHosted);
 
     running.send(text(1, "A long sentence.", true)).await;
     let first = running.next().await;
@@ -377,7 +319,7 @@ async fn connection_dropped_mid_body_is_reported_and_the_reply_goes_on() {
     let (address, inputs) = cutting_server("Broken off.", 1_000).await;
     let url = url::Url::parse(&format!("http://127.0.0.1:{}/v1", address.port())).expect("url");
     let endpoint = Endpoint::new("openai-tts", Hosting::SelfHosted, url).expect("endpoint").with_retry(retry(3));
-    let running = Running::start(stage(endpoint));
+    let running = TtsRun::start(stage(endpoint), SESSION, PrivacyTier::SelfHosted);
 
     running.send(text(1, "Broken off.", false)).await;
     running.send(text(1, "Whole.", true)).await;
@@ -435,7 +377,7 @@ async fn a_429_is_retried_after_retry_after() {
         }
     })
     .await;
-    let running = Running::start(stage(endpoint(&server, Timeouts::default(), 2)));
+    let running = TtsRun::start(stage(endpoint(&server, Timeouts::default(), 2)), SESSION, PrivacyTier::SelfHosted);
 
     running.send(text(1, "Rate limited.", true)).await;
     let usage = running.usage.clone();
@@ -465,7 +407,7 @@ async fn a_slow_first_byte_is_retried() {
         }
     })
     .await;
-    let running = Running::start(stage(endpoint(&server, short_timeouts(), 2)));
+    let running = TtsRun::start(stage(endpoint(&server, short_timeouts(), 2)), SESSION, PrivacyTier::SelfHosted);
 
     running.send(text(1, "Slow start.", true)).await;
     let usage = running.usage.clone();
@@ -488,7 +430,7 @@ async fn exhausted_retries_fail_the_stage() {
         async { http::Response::builder().status(503).body(full("overloaded")).expect("response") }
     })
     .await;
-    let running = Running::start(stage(endpoint(&server, Timeouts::default(), 2)));
+    let running = TtsRun::start(stage(endpoint(&server, Timeouts::default(), 2)), SESSION, PrivacyTier::SelfHosted);
 
     running.send(text(1, "Never spoken.", true)).await;
     let usage = running.usage.clone();
@@ -526,7 +468,7 @@ async fn interrupt_closes_the_request_within_100_ms() {
         }
     })
     .await;
-    let mut running = Running::start(stage(endpoint(&server, Timeouts::default(), 0)));
+    let mut running = TtsRun::start(stage(endpoint(&server, Timeouts::default(), 0)), SESSION, PrivacyTier::SelfHosted);
 
     running.send(text(1, "First sentence.", false)).await;
     running.send(text(1, "Second sentence.", true)).await;
@@ -558,7 +500,7 @@ async fn the_api_key_never_appears_in_output() {
     .await;
     let speech = stage(endpoint(&server, Timeouts::default(), 2));
     let described = format!("{speech:?}");
-    let running = Running::start(speech);
+    let running = TtsRun::start(speech, SESSION, PrivacyTier::SelfHosted);
 
     running.send(text(1, "Hello.", true)).await;
     let (usage, egress) = (running.usage.clone(), running.egress.clone());
@@ -567,16 +509,14 @@ async fn the_api_key_never_appears_in_output() {
     let error = result.expect_err("a refused key fails the stage");
     assert!(!error.is_retryable(), "a refused key is not retried: {error:?}");
     assert!(error.to_string().contains("API key was refused"), "{error}");
-    for output in [
+    assert_key_hidden(KEY, &[
         described,
         error.to_string(),
         format!("{error:?}"),
         format!("{:?}", usage.records()),
         format!("{:?}", egress.records()),
         format!("{frames:?}"),
-    ] {
-        assert!(!output.contains(KEY), "the key appears in {output}");
-    }
+    ]);
 }
 
 #[test]

@@ -463,8 +463,6 @@ pub mod fuzzing {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use proptest::prelude::*;
     use serde::Deserialize;
 
@@ -697,12 +695,7 @@ mod tests {
     #[test]
     fn fuzz_seeds_pass() {
         // The seed corpus of the ndjson fuzz target must exist and pass.
-        let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/ndjson");
-        let mut paths: Vec<_> =
-            std::fs::read_dir(&folder).expect("seed folder").map(|entry| entry.expect("folder entry").path()).collect();
-        paths.sort();
-        assert!(paths.len() >= 3, "expected the seed files in {}", folder.display());
-        for path in paths {
+        for path in crate::net::sse::fuzzing::seed_files("ndjson", 3) {
             let data = std::fs::read(&path).expect("seed bytes");
             fuzzing::ndjson_splitter(&data);
             let (_, stream) = crate::net::sse::fuzzing::split_input(&data);
@@ -744,10 +737,7 @@ mod tests {
         /// The fuzz target's body holds on syntax-shaped random streams.
         #[test]
         fn fuzz_body_syntax_pieces(lengths in proptest::collection::vec(any::<u8>(), 0..8), stream in stream_pieces()) {
-            let mut data = vec![lengths.len() as u8];
-            data.extend_from_slice(&lengths);
-            data.extend_from_slice(&stream);
-            fuzzing::ndjson_splitter(&data);
+            fuzzing::ndjson_splitter(&crate::net::sse::fuzzing::join_input(&lengths, &stream));
         }
 
         /// The fuzz target's body holds on arbitrary bytes.

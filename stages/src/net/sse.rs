@@ -440,6 +440,29 @@ pub mod fuzzing {
         reads
     }
 
+    /// Builds a fuzz input from read lengths and a stream, the way
+    /// [`split_input`] takes it apart when there are fewer than 8 lengths.
+    #[cfg(test)]
+    pub(crate) fn join_input(lengths: &[u8], stream: &[u8]) -> Vec<u8> {
+        let mut data = vec![lengths.len() as u8];
+        data.extend_from_slice(lengths);
+        data.extend_from_slice(stream);
+        data
+    }
+
+    /// Returns the paths of the seed corpus of the fuzz target `target`
+    /// (`fuzz/seeds/{target}`), sorted, after checking that it contains at
+    /// least `min` files.
+    #[cfg(test)]
+    pub(crate) fn seed_files(target: &str, min: usize) -> Vec<std::path::PathBuf> {
+        let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds").join(target);
+        let mut paths: Vec<_> =
+            std::fs::read_dir(&folder).expect("seed folder").map(|entry| entry.expect("folder entry").path()).collect();
+        paths.sort();
+        assert!(paths.len() >= min, "expected the seed files in {}", folder.display());
+        paths
+    }
+
     /// The events and errors of one pass over a stream.
     #[derive(Debug, PartialEq, Eq)]
     pub struct Outcome {
@@ -500,8 +523,6 @@ pub mod fuzzing {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use proptest::prelude::*;
 
     use super::fuzzing::{Outcome, parse_reads};
@@ -858,12 +879,7 @@ mod tests {
     #[test]
     fn fuzz_seeds_pass() {
         // The seed corpus of the sse fuzz target must exist and pass.
-        let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/sse");
-        let mut paths: Vec<_> =
-            std::fs::read_dir(&folder).expect("seed folder").map(|entry| entry.expect("folder entry").path()).collect();
-        paths.sort();
-        assert!(paths.len() >= 4, "expected the seed files in {}", folder.display());
-        for path in paths {
+        for path in fuzzing::seed_files("sse", 4) {
             let data = std::fs::read(&path).expect("seed bytes");
             fuzzing::sse_parser(&data);
             let (_, stream) = fuzzing::split_input(&data);
@@ -913,10 +929,7 @@ mod tests {
         /// The fuzz target's body holds on syntax-shaped random streams.
         #[test]
         fn fuzz_body_syntax_pieces(lengths in proptest::collection::vec(any::<u8>(), 0..8), stream in stream_pieces()) {
-            let mut data = vec![lengths.len() as u8];
-            data.extend_from_slice(&lengths);
-            data.extend_from_slice(&stream);
-            fuzzing::sse_parser(&data);
+            fuzzing::sse_parser(&fuzzing::join_input(&lengths, &stream));
         }
 
         /// The fuzz target's body holds on arbitrary bytes.

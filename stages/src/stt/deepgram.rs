@@ -69,12 +69,11 @@ use url::Url;
 
 use self::messages::{ControlMessage, ListenOptions, ServerMessage, TranscriptAssembler, TranscriptUpdate};
 use super::network::{
-    Backlog, Raced, Segment, Turns, append_pcm16, cancels, checked_audio, emit_transcript, pcm16_duration, race,
-    speech_text,
+    Backlog, Dial, Raced, Segment, Turns, WsMessage, accept_audio, cancels, connect_with_retry, emit_transcript,
+    keep_unconfirmed, next_message, pcm16_duration, sleep_until, speech_text, wait_to_retry, ws_error,
 };
 use super::{NonSpeechFilter, SAMPLE_RATE, SttError};
-use crate::net::retry::delay_after;
-use crate::net::ws::{WebSocket, connect};
+use crate::net::ws::WebSocket;
 use crate::net::{Connector, Endpoint, Hosting, NetError};
 
 /// The backend name in usage records and errors.
@@ -250,23 +249,7 @@ struct ConnectionState {
 }
 
 /// The text of the segment being transcribed.
-#[derive(Debug, Default)]
-struct TurnText {
-    assembler: TranscriptAssembler,
-    /// Utterances the assembler closed within the segment.
-    closed: Vec<String>,
-    /// The last partial emitted, to emit only changes.
-    last_partial: String,
-}
-
-impl TurnText {
-    /// Returns the segment's text: the closed utterances and `open`.
-    fn joined(&self, open: Option<&str>) -> String {
-        let mut pieces: Vec<&str> = self.closed.iter().map(String::as_str).collect();
-        pieces.extend(open.filter(|text| !text.is_empty()));
-        pieces.join(" ")
-    }
-}
+type TurnText = super::network::SegmentText<TranscriptAssembler>;
 
 /// A segment whose `Finalize` was sent and whose final is awaited.
 #[derive(Debug)]
@@ -282,7 +265,7 @@ struct Finalizing {
 /// What woke the session up.
 enum Event {
     Frame(Option<Frame>),
-    Message(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
+    Message(WsMessage),
     KeepAlive,
     Deadline,
 }
@@ -363,13 +346,9 @@ impl Session<'_> {
     /// other priority controls are forwarded at once, and one that cancels
     /// the finalizing turn discards it.
     async fn hold_back(&mut self, io: &mut StageIo, frame: Frame) -> Result<(), StageError> {
-        let Some(control) = frame.as_control().filter(|control| control.is_priority()).cloned() else {
-            self.backlog.push(frame, false);
+        let Some((control, control_turn)) = self.backlog.receive(io, frame).await? else {
             return Ok(());
         };
-        let control_turn = frame.meta.turn;
-        io.outbox.send(frame.clone()).await?;
-        self.backlog.push(frame, true);
         if let Some(finalizing) = self.finalizing.take() {
             if cancels(&control, control_turn, finalizing.segment.turn) {
                 tracing::debug!(stage = %io.name, turn = %finalizing.segment.turn, "interrupt while finalizing; the segment is discarded");
@@ -415,20 +394,16 @@ impl Session<'_> {
     }
 
     async fn handle_audio(&mut self, io: &mut StageIo, frame: &Frame) -> Result<(), StageError> {
-        let audio = checked_audio(frame)?;
-        let turn = frame.meta.turn;
-        if self.turns.is_stale(turn) {
+        let Some(accepted) = accept_audio(&mut self.turns, frame)? else {
             return Ok(());
-        }
-        if self.turns.open_segment(turn, frame.meta.timestamp).is_some() {
+        };
+        if accepted.replaced {
             self.forget_segment_audio(io, "new turn before the end of the open segment");
         }
-        if audio.frames() == 0 {
+        let Some(pcm) = accepted.pcm else {
             return Ok(());
-        }
-        let mut pcm = Vec::with_capacity(audio.samples().len() * 2);
-        append_pcm16(audio, &mut pcm);
-        self.turns.extend(frame.meta.timestamp.add(audio.duration()));
+        };
+        let turn = frame.meta.turn;
         self.keep_unconfirmed(io, &pcm);
 
         if self.socket.is_none() {
@@ -443,12 +418,9 @@ impl Session<'_> {
 
     /// Adds audio to the unconfirmed buffer, dropping the oldest beyond the limit.
     fn keep_unconfirmed(&mut self, io: &StageIo, pcm: &[u8]) {
-        self.unconfirmed.extend(pcm);
-        let limit = (self.stage.config.max_unconfirmed_audio.as_secs_f64() * BYTES_PER_SECOND) as usize & !1;
-        if self.unconfirmed.len() > limit {
-            let excess = self.unconfirmed.len() - limit;
+        let excess = keep_unconfirmed(&mut self.unconfirmed, pcm, self.stage.config.max_unconfirmed_audio);
+        if excess > 0 {
             tracing::warn!(stage = %io.name, dropped_ms = pcm16_duration(excess).as_millis() as u64, "Deepgram has not finalized the oldest audio; it will not be sent again after a reconnect");
-            self.unconfirmed.drain(..excess);
             self.connection.unconfirmed_start += excess;
         }
     }
@@ -488,7 +460,7 @@ impl Session<'_> {
     }
 
     fn ws_error(&self, error: &tokio_tungstenite::tungstenite::Error) -> NetError {
-        NetError::WebSocket { endpoint: mentis_pipeline::privacy::redact_url(&self.stage.url), reason: error.to_string() }
+        ws_error(&self.stage.url, error)
     }
 
     /// Ends the open segment: emits its final now when the server has
@@ -574,7 +546,7 @@ impl Session<'_> {
     async fn handle_message(
         &mut self,
         io: &mut StageIo,
-        message: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+        message: WsMessage,
     ) -> Result<(), StageError> {
         let text = match message {
             Some(Ok(Message::Text(text))) => text,
@@ -688,12 +660,9 @@ impl Session<'_> {
             return Ok(());
         };
         tracing::warn!(stage = %io.name, turn = %segment.turn, %error, "the Deepgram connection dropped mid-segment; reconnecting");
-        self.failed_attempts += 1;
-        if self.failed_attempts > self.stage.endpoint.retry().max_retries {
-            return Err(error.into());
-        }
-        let delay = delay_after(self.stage.endpoint.retry(), self.failed_attempts, &error);
-        if let Raced::Cancelled = race(io, &mut self.backlog, segment.turn, tokio::time::sleep(delay)).await? {
+        let retry = self.stage.endpoint.retry();
+        let waited = wait_to_retry(io, &mut self.backlog, retry, &mut self.failed_attempts, error, segment.turn).await?;
+        if let Raced::Cancelled = waited {
             return self.cancelled_while_waiting(io, segment.turn).await;
         }
         self.reconnect(io, segment.turn).await
@@ -702,29 +671,16 @@ impl Session<'_> {
     /// Opens a connection (with retries), then sends the unconfirmed audio
     /// and, for a finalizing segment, `Finalize` again.
     async fn reconnect(&mut self, io: &mut StageIo, turn: TurnId) -> Result<(), StageError> {
-        loop {
-            self.usage.request();
-            let secret = self.stage.endpoint.api_key().map(|key| (http::header::AUTHORIZATION, "Token ", key));
-            let opening = connect(&self.connector, &self.stage.url, &[], secret);
-            let error = match race(io, &mut self.backlog, turn, opening).await? {
-                Raced::Cancelled => return self.cancelled_while_waiting(io, turn).await,
-                Raced::Done(Ok(socket)) => {
-                    self.install(io, socket).await?;
-                    return Ok(());
-                }
-                Raced::Done(Err(error)) => error,
-            };
-            self.usage.failure();
-            self.failed_attempts += 1;
-            if !error.is_retryable() || self.failed_attempts > self.stage.endpoint.retry().max_retries {
-                tracing::warn!(stage = %io.name, %error, "connecting to Deepgram failed");
-                return Err(error.into());
-            }
-            let delay = delay_after(self.stage.endpoint.retry(), self.failed_attempts, &error);
-            tracing::info!(stage = %io.name, %error, attempt = self.failed_attempts, delay_ms = delay.as_millis() as u64, "retrying the Deepgram connection");
-            if let Raced::Cancelled = race(io, &mut self.backlog, turn, tokio::time::sleep(delay)).await? {
-                return self.cancelled_while_waiting(io, turn).await;
-            }
+        let dial = Dial {
+            connector: &self.connector,
+            endpoint: &self.stage.endpoint,
+            url: &self.stage.url,
+            scheme: "Token ",
+            usage: &self.usage,
+        };
+        match connect_with_retry(io, &mut self.backlog, &dial, &mut self.failed_attempts, turn).await? {
+            Raced::Cancelled => self.cancelled_while_waiting(io, turn).await,
+            Raced::Done(socket) => self.install(io, socket).await,
         }
     }
 
@@ -808,24 +764,6 @@ impl Session<'_> {
         }
         self.socket = None;
         Ok(())
-    }
-}
-
-/// Returns the next message of `socket`, or waits forever without one.
-async fn next_message(
-    socket: &mut Option<WebSocket>,
-) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
-    match socket {
-        Some(socket) => socket.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Sleeps until `at`, or forever without it.
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -15,7 +15,26 @@ use mentis_pipeline::{
     AudioData, Control, Frame, MediaTime, Samples, StageError, StageIo, Transcript, TranscriptKind, TurnId, TurnMark,
 };
 
+#[cfg(any(feature = "deepgram", feature = "ws-stt"))]
+use futures::StreamExt;
+#[cfg(any(feature = "deepgram", feature = "ws-stt"))]
+use mentis_pipeline::egress::BackendUsage;
+#[cfg(any(feature = "deepgram", feature = "ws-stt"))]
+use mentis_pipeline::wrap::RetryPolicy;
+#[cfg(any(feature = "deepgram", feature = "ws-stt"))]
+use tokio::time::Instant;
+#[cfg(any(feature = "deepgram", feature = "ws-stt"))]
+use tokio_tungstenite::tungstenite::Message;
+#[cfg(any(feature = "deepgram", feature = "ws-stt"))]
+use url::Url;
+
 use super::{NonSpeechFilter, Recognition, SAMPLE_RATE, SttError};
+#[cfg(any(feature = "deepgram", feature = "ws-stt"))]
+use crate::net::retry::delay_after;
+#[cfg(any(feature = "deepgram", feature = "ws-stt"))]
+use crate::net::ws::{WebSocket, connect};
+#[cfg(any(feature = "deepgram", feature = "ws-stt"))]
+use crate::net::{Connector, Endpoint, NetError};
 
 /// The segment whose audio a network stage is collecting or streaming.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +95,38 @@ impl Turns {
     }
 }
 
+/// An audio frame taken into the open segment by [`accept_audio`].
+#[derive(Debug)]
+#[cfg(any(feature = "deepgram", feature = "ws-stt"))]
+pub(crate) struct Accepted {
+    /// Whether the frame opened a segment that replaces another turn's,
+    /// whose text and audio the caller discards.
+    pub replaced: bool,
+    /// The frame's samples as 16-bit little-endian PCM; `None` for a frame
+    /// without samples.
+    pub pcm: Option<Vec<u8>>,
+}
+
+/// Takes an audio frame into the open segment: checks its format, opens a
+/// segment for its turn when needed and extends the segment to the frame's
+/// end. Returns `None` for audio of a stale turn, which is dropped.
+#[cfg(any(feature = "deepgram", feature = "ws-stt"))]
+pub(crate) fn accept_audio(turns: &mut Turns, frame: &Frame) -> Result<Option<Accepted>, SttError> {
+    let audio = checked_audio(frame)?;
+    let turn = frame.meta.turn;
+    if turns.is_stale(turn) {
+        return Ok(None);
+    }
+    let replaced = turns.open_segment(turn, frame.meta.timestamp).is_some();
+    if audio.frames() == 0 {
+        return Ok(Some(Accepted { replaced, pcm: None }));
+    }
+    let mut pcm = Vec::with_capacity(audio.samples().len() * 2);
+    append_pcm16(audio, &mut pcm);
+    turns.extend(frame.meta.timestamp.add(audio.duration()));
+    Ok(Some(Accepted { replaced, pcm: Some(pcm) }))
+}
+
 /// Checks that `frame` is mono [`SAMPLE_RATE`] PCM and returns its audio.
 pub(crate) fn checked_audio(frame: &Frame) -> Result<&AudioData, SttError> {
     let Some(audio) = frame.as_audio() else {
@@ -104,6 +155,18 @@ pub(crate) fn append_pcm16(audio: &AudioData, out: &mut Vec<u8>) {
             }
         }
     }
+}
+
+/// Appends `pcm` to the audio kept for sending again after a reconnect and
+/// drops the oldest bytes beyond `max` of audio. Returns how many bytes were
+/// dropped (always a whole number of samples).
+#[cfg(any(feature = "deepgram", feature = "ws-stt"))]
+pub(crate) fn keep_unconfirmed(unconfirmed: &mut VecDeque<u8>, pcm: &[u8], max: std::time::Duration) -> usize {
+    unconfirmed.extend(pcm);
+    let limit = (max.as_secs_f64() * f64::from(SAMPLE_RATE) * 2.0) as usize & !1;
+    let excess = unconfirmed.len().saturating_sub(limit);
+    unconfirmed.drain(..excess);
+    excess
 }
 
 /// Returns the playing time of `bytes` of mono 16-bit PCM at [`SAMPLE_RATE`].
@@ -167,6 +230,21 @@ impl Backlog {
     pub fn push(&mut self, frame: Frame, forwarded: bool) {
         self.frames.push_back((frame, forwarded));
     }
+
+    /// Queues a frame that arrived while the stage waited. A priority
+    /// control (interrupt, flush, error) is forwarded downstream first and
+    /// returned with its turn, so that the caller can apply it to the work
+    /// in flight.
+    pub async fn receive(&mut self, io: &mut StageIo, frame: Frame) -> Result<Option<(Control, TurnId)>, StageError> {
+        let Some(control) = frame.as_control().filter(|control| control.is_priority()).cloned() else {
+            self.push(frame, false);
+            return Ok(None);
+        };
+        let control_turn = frame.meta.turn;
+        io.outbox.send(frame.clone()).await?;
+        self.push(frame, true);
+        Ok(Some((control, control_turn)))
+    }
 }
 
 /// How [`race`] ended.
@@ -206,18 +284,146 @@ pub(crate) async fn race<T>(
                     }
                     continue;
                 };
-                let Some(control) = frame.as_control().filter(|control| control.is_priority()).cloned() else {
-                    backlog.push(frame, false);
-                    continue;
-                };
-                let control_turn = frame.meta.turn;
-                io.outbox.send(frame.clone()).await?;
-                backlog.push(frame, true);
-                if cancels(&control, control_turn, turn) {
+                if let Some((control, control_turn)) = backlog.receive(io, frame).await?
+                    && cancels(&control, control_turn, turn)
+                {
                     return Ok(Raced::Cancelled);
                 }
             }
             output = &mut work => return Ok(Raced::Done(output)),
         }
     }
+}
+
+/// The text of the segment being transcribed, over any backend's transcript
+/// assembler `A`.
+#[cfg(any(feature = "deepgram", feature = "ws-stt"))]
+#[derive(Debug, Default)]
+pub(crate) struct SegmentText<A> {
+    pub assembler: A,
+    /// Utterances the assembler closed within the segment.
+    pub closed: Vec<String>,
+    /// The last partial emitted, to emit only changes.
+    pub last_partial: String,
+}
+
+#[cfg(any(feature = "deepgram", feature = "ws-stt"))]
+impl<A> SegmentText<A> {
+    /// Returns the segment's text: the closed utterances and `open`, joined by spaces.
+    pub fn joined(&self, open: Option<&str>) -> String {
+        let mut pieces: Vec<&str> = self.closed.iter().map(String::as_str).collect();
+        pieces.extend(open.filter(|text| !text.is_empty()));
+        pieces.join(" ")
+    }
+}
+
+/// A message (or the end) of a WebSocket, as [`next_message`] returns it.
+#[cfg(any(feature = "deepgram", feature = "ws-stt"))]
+pub(crate) type WsMessage = Option<Result<Message, tokio_tungstenite::tungstenite::Error>>;
+
+/// Returns the next message of `socket`, or waits forever without one.
+#[cfg(any(feature = "deepgram", feature = "ws-stt"))]
+pub(crate) async fn next_message(socket: &mut Option<WebSocket>) -> WsMessage {
+    match socket {
+        Some(socket) => socket.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `at`, or forever without it.
+#[cfg(any(feature = "deepgram", feature = "ws-stt"))]
+pub(crate) async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Returns the error of a failed WebSocket read or write on `url`, with
+/// the URL's credentials removed.
+#[cfg(any(feature = "deepgram", feature = "ws-stt"))]
+pub(crate) fn ws_error(url: &Url, error: &tokio_tungstenite::tungstenite::Error) -> NetError {
+    NetError::WebSocket { endpoint: mentis_pipeline::privacy::redact_url(url), reason: error.to_string() }
+}
+
+/// Waits out the retry delay after the connection of `turn`'s segment
+/// failed with `error`, counting the failure in `failed_attempts`. Returns
+/// `error` when the retries are exhausted, and [`Raced::Cancelled`] when an
+/// interrupt or flush cancelled the turn meanwhile.
+#[cfg(any(feature = "deepgram", feature = "ws-stt"))]
+pub(crate) async fn wait_to_retry(
+    io: &mut StageIo,
+    backlog: &mut Backlog,
+    retry: &RetryPolicy,
+    failed_attempts: &mut u32,
+    error: NetError,
+    turn: TurnId,
+) -> Result<Raced<()>, StageError> {
+    *failed_attempts += 1;
+    if *failed_attempts > retry.max_retries {
+        return Err(error.into());
+    }
+    let delay = delay_after(retry, *failed_attempts, &error);
+    race(io, backlog, turn, tokio::time::sleep(delay)).await
+}
+
+/// A WebSocket speech-to-text server and how to open a connection to it.
+#[cfg(any(feature = "deepgram", feature = "ws-stt"))]
+pub(crate) struct Dial<'a> {
+    pub connector: &'a Connector,
+    pub endpoint: &'a Endpoint,
+    /// The URL to connect to, with its query string.
+    pub url: &'a Url,
+    /// The prefix of the API key in the `Authorization` header, such as `"Bearer "`.
+    pub scheme: &'static str,
+    pub usage: &'a BackendUsage,
+}
+
+/// Opens a connection for `turn`'s segment while receiving the inbox, and
+/// retries with the endpoint's retry policy. `failed_attempts` counts the
+/// failures since a connection last received a result. Returns the error that is
+/// not retryable or that exhausted the retries, and [`Raced::Cancelled`]
+/// when an interrupt or flush cancelled the turn meanwhile.
+#[cfg(any(feature = "deepgram", feature = "ws-stt"))]
+pub(crate) async fn connect_with_retry(
+    io: &mut StageIo,
+    backlog: &mut Backlog,
+    dial: &Dial<'_>,
+    failed_attempts: &mut u32,
+    turn: TurnId,
+) -> Result<Raced<WebSocket>, StageError> {
+    let retry = dial.endpoint.retry();
+    loop {
+        dial.usage.request();
+        let secret = dial.endpoint.api_key().map(|key| (http::header::AUTHORIZATION, dial.scheme, key));
+        let opening = connect(dial.connector, dial.url, &[], secret);
+        let error = match race(io, backlog, turn, opening).await? {
+            Raced::Cancelled => return Ok(Raced::Cancelled),
+            Raced::Done(Ok(socket)) => return Ok(Raced::Done(socket)),
+            Raced::Done(Err(error)) => error,
+        };
+        dial.usage.failure();
+        *failed_attempts += 1;
+        if !error.is_retryable() || *failed_attempts > retry.max_retries {
+            tracing::warn!(stage = %io.name, %error, "connecting to the speech-to-text server failed");
+            return Err(error.into());
+        }
+        let delay = delay_after(retry, *failed_attempts, &error);
+        tracing::info!(stage = %io.name, %error, attempt = *failed_attempts, delay_ms = delay.as_millis() as u64, "retrying the speech-to-text connection");
+        if let Raced::Cancelled = race(io, backlog, turn, tokio::time::sleep(delay)).await? {
+            return Ok(Raced::Cancelled);
+        }
+    }
+}
+
+/// A change in a segment's transcript, reported by a backend's transcript
+/// assembler.
+#[cfg(any(feature = "deepgram", feature = "ws-stt"))]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TranscriptUpdate {
+    /// The utterance in progress so far (for Deepgram, its finalized text
+    /// followed by the current interim text). A later update replaces it.
+    Partial(String),
+    /// The complete text of an utterance, returned once.
+    Final(String),
 }

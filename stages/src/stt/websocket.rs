@@ -40,7 +40,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use mentis_pipeline::egress::BackendUsage;
 use mentis_pipeline::frame::Payload;
 use mentis_pipeline::stage::StageSpec;
@@ -53,12 +53,11 @@ use tokio_tungstenite::tungstenite::Message;
 
 use self::messages::{ConfigMessage, EOF_MESSAGE, ServerMessage, TranscriptAssembler, TranscriptUpdate};
 use super::network::{
-    Backlog, Raced, Segment, Turns, append_pcm16, cancels, checked_audio, emit_transcript, pcm16_duration, race,
-    speech_text,
+    Backlog, Dial, Raced, Segment, Turns, WsMessage, accept_audio, cancels, connect_with_retry, emit_transcript,
+    keep_unconfirmed, next_message, pcm16_duration, sleep_until, speech_text, wait_to_retry, ws_error,
 };
 use super::{NonSpeechFilter, SAMPLE_RATE, SttError};
-use crate::net::retry::delay_after;
-use crate::net::ws::{WebSocket, connect};
+use crate::net::ws::WebSocket;
 use crate::net::{Connector, Endpoint, NetError};
 
 /// The backend name in usage records and errors.
@@ -165,23 +164,8 @@ enum Sent {
     Eof,
 }
 
-/// The text of the open segment.
-#[derive(Debug, Default)]
-struct SegmentText {
-    assembler: TranscriptAssembler,
-    /// Final results of the segment.
-    closed: Vec<String>,
-    /// The last partial emitted.
-    last_partial: String,
-}
-
-impl SegmentText {
-    fn joined(&self, open: Option<&str>) -> String {
-        let mut pieces: Vec<&str> = self.closed.iter().map(String::as_str).collect();
-        pieces.extend(open.filter(|text| !text.is_empty()));
-        pieces.join(" ")
-    }
-}
+/// The text of the open segment; its closed utterances are the segment's final results.
+type SegmentText = super::network::SegmentText<TranscriptAssembler>;
 
 /// A segment whose `{"eof" : 1}` was sent.
 #[derive(Debug)]
@@ -195,7 +179,7 @@ struct Finishing {
 
 enum Event {
     Frame(Option<Frame>),
-    Message(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
+    Message(WsMessage),
     Deadline,
 }
 
@@ -264,13 +248,9 @@ impl Session<'_> {
     }
 
     async fn hold_back(&mut self, io: &mut StageIo, frame: Frame) -> Result<(), StageError> {
-        let Some(control) = frame.as_control().filter(|control| control.is_priority()).cloned() else {
-            self.backlog.push(frame, false);
+        let Some((control, control_turn)) = self.backlog.receive(io, frame).await? else {
             return Ok(());
         };
-        let control_turn = frame.meta.turn;
-        io.outbox.send(frame.clone()).await?;
-        self.backlog.push(frame, true);
         if self.finishing.as_ref().is_some_and(|finishing| cancels(&control, control_turn, finishing.segment.turn)) {
             self.cancel_finishing(io).await?;
         }
@@ -323,20 +303,16 @@ impl Session<'_> {
     }
 
     async fn handle_audio(&mut self, io: &mut StageIo, frame: &Frame) -> Result<(), StageError> {
-        let audio = checked_audio(frame)?;
-        let turn = frame.meta.turn;
-        if self.turns.is_stale(turn) {
+        let Some(accepted) = accept_audio(&mut self.turns, frame)? else {
             return Ok(());
-        }
-        if self.turns.open_segment(turn, frame.meta.timestamp).is_some() {
+        };
+        if accepted.replaced {
             self.forget_segment();
         }
-        if audio.frames() == 0 {
+        let Some(pcm) = accepted.pcm else {
             return Ok(());
-        }
-        let mut pcm = Vec::with_capacity(audio.samples().len() * 2);
-        append_pcm16(audio, &mut pcm);
-        self.turns.extend(frame.meta.timestamp.add(audio.duration()));
+        };
+        let turn = frame.meta.turn;
         self.keep_unconfirmed(io, &pcm);
 
         if self.socket.is_none() {
@@ -349,12 +325,9 @@ impl Session<'_> {
     }
 
     fn keep_unconfirmed(&mut self, io: &StageIo, pcm: &[u8]) {
-        self.unconfirmed.extend(pcm);
-        let limit = (self.stage.config.max_unconfirmed_audio.as_secs_f64() * f64::from(SAMPLE_RATE) * 2.0) as usize & !1;
-        if self.unconfirmed.len() > limit {
-            let excess = self.unconfirmed.len() - limit;
+        let excess = keep_unconfirmed(&mut self.unconfirmed, pcm, self.stage.config.max_unconfirmed_audio);
+        if excess > 0 {
             tracing::warn!(stage = %io.name, dropped_ms = pcm16_duration(excess).as_millis() as u64, "the server has not finalized the oldest audio; it will not be sent again after a reconnect");
-            self.unconfirmed.drain(..excess);
             self.answered = self.answered.saturating_sub(excess);
         }
     }
@@ -379,7 +352,7 @@ impl Session<'_> {
             return Ok(());
         };
         if let Err(error) = socket.send(message).await {
-            return Err(ws_error(&self.stage.endpoint, &error));
+            return Err(ws_error(self.stage.endpoint.url(), &error));
         }
         self.awaiting.push_back(sent);
         Ok(())
@@ -441,7 +414,7 @@ impl Session<'_> {
     async fn handle_message(
         &mut self,
         io: &mut StageIo,
-        message: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+        message: WsMessage,
     ) -> Result<(), StageError> {
         let text = match message {
             Some(Ok(Message::Text(text))) => text,
@@ -457,7 +430,7 @@ impl Session<'_> {
             }
             Some(Ok(_)) => return Ok(()),
             Some(Err(error)) => {
-                let error = ws_error(&self.stage.endpoint, &error);
+                let error = ws_error(self.stage.endpoint.url(), &error);
                 return self.connection_lost(io, error).await;
             }
         };
@@ -515,12 +488,9 @@ impl Session<'_> {
             return Ok(());
         };
         tracing::warn!(stage = %io.name, turn = %segment.turn, %error, "the speech-to-text connection dropped mid-segment; reconnecting");
-        self.failed_attempts += 1;
-        if self.failed_attempts > self.stage.endpoint.retry().max_retries {
-            return Err(error.into());
-        }
-        let delay = delay_after(self.stage.endpoint.retry(), self.failed_attempts, &error);
-        if let Raced::Cancelled = race(io, &mut self.backlog, segment.turn, tokio::time::sleep(delay)).await? {
+        let retry = self.stage.endpoint.retry();
+        let waited = wait_to_retry(io, &mut self.backlog, retry, &mut self.failed_attempts, error, segment.turn).await?;
+        if let Raced::Cancelled = waited {
             return self.cancel_finishing(io).await;
         }
         self.reconnect(io, segment.turn).await
@@ -529,26 +499,16 @@ impl Session<'_> {
     /// Opens a connection (with retries), sends the configuration, the
     /// unconfirmed audio and, for a finishing segment, `{"eof" : 1}`.
     async fn reconnect(&mut self, io: &mut StageIo, turn: TurnId) -> Result<(), StageError> {
-        loop {
-            self.usage.request();
-            let secret = self.stage.endpoint.api_key().map(|key| (http::header::AUTHORIZATION, "Bearer ", key));
-            let opening = connect(&self.connector, self.stage.endpoint.url(), &[], secret);
-            let error = match race(io, &mut self.backlog, turn, opening).await? {
-                Raced::Cancelled => return self.cancel_finishing(io).await,
-                Raced::Done(Ok(socket)) => return self.install(io, socket).await,
-                Raced::Done(Err(error)) => error,
-            };
-            self.usage.failure();
-            self.failed_attempts += 1;
-            if !error.is_retryable() || self.failed_attempts > self.stage.endpoint.retry().max_retries {
-                tracing::warn!(stage = %io.name, %error, "connecting to the speech-to-text server failed");
-                return Err(error.into());
-            }
-            let delay = delay_after(self.stage.endpoint.retry(), self.failed_attempts, &error);
-            tracing::info!(stage = %io.name, %error, attempt = self.failed_attempts, "retrying the speech-to-text connection");
-            if let Raced::Cancelled = race(io, &mut self.backlog, turn, tokio::time::sleep(delay)).await? {
-                return self.cancel_finishing(io).await;
-            }
+        let dial = Dial {
+            connector: &self.connector,
+            endpoint: &self.stage.endpoint,
+            url: self.stage.endpoint.url(),
+            scheme: "Bearer ",
+            usage: &self.usage,
+        };
+        match connect_with_retry(io, &mut self.backlog, &dial, &mut self.failed_attempts, turn).await? {
+            Raced::Cancelled => self.cancel_finishing(io).await,
+            Raced::Done(socket) => self.install(io, socket).await,
         }
     }
 
@@ -556,7 +516,7 @@ impl Session<'_> {
         let config = serde_json::to_string(&ConfigMessage::new(SAMPLE_RATE))
             .map_err(|error| StageError::fatal(format!("the configuration message could not be written: {error}")))?;
         if let Err(error) = socket.send(Message::text(config)).await {
-            let error = ws_error(&self.stage.endpoint, &error);
+            let error = ws_error(self.stage.endpoint.url(), &error);
             return Box::pin(self.connection_lost(io, error)).await;
         }
         self.socket = Some(socket);
@@ -579,25 +539,5 @@ impl Session<'_> {
             }
         }
         Ok(())
-    }
-}
-
-fn ws_error(endpoint: &Endpoint, error: &tokio_tungstenite::tungstenite::Error) -> NetError {
-    NetError::WebSocket { endpoint: mentis_pipeline::privacy::redact_url(endpoint.url()), reason: error.to_string() }
-}
-
-async fn next_message(
-    socket: &mut Option<WebSocket>,
-) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
-    match socket {
-        Some(socket) => socket.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

@@ -13,7 +13,7 @@
 //! The output matches [`crate::tts::Tts`]: mono f32 at the output format's
 //! rate, 20 ms frames (the last of a connection possibly shorter),
 //! timestamps counted from the start of each turn's reply, and
-//! [`TurnMark::FirstTtsAudio`] at a turn's first frame.
+//! [`mentis_pipeline::TurnMark::FirstTtsAudio`] at a turn's first frame.
 
 pub mod messages;
 
@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use futures::{SinkExt, StreamExt};
 use http::header::HeaderName;
 use mentis_pipeline::{
-    AudioData, AudioFormat, BackendUsage, Control, Frame, InterruptWatch, MediaTime, Payload, PortFormat, Stage,
-    StageError, StageFailure, StageFuture, StageIo, StageName, StageSpec, TurnId, TurnMark,
+    AudioFormat, BackendUsage, Control, Frame, InterruptWatch, Payload, PortFormat, Stage, StageError, StageFuture,
+    StageIo, StageName, StageSpec, TurnId,
 };
 use tokio_tungstenite::tungstenite::Message;
 use url::Url;
@@ -34,6 +34,7 @@ use self::messages::{
     ElevenLabsConfigError, END_OF_INPUT_MESSAGE, GenerationConfig, InitializeConnection, KEEP_ALIVE_MESSAGE,
     SendText, ServerMessage, StreamInputOptions, VoiceSettings, parse_server_message,
 };
+use super::network::{Flow, INTERRUPT_POLL, Replies, is_interrupted, next_frame};
 use crate::net::pcm::Pcm16Decoder;
 use crate::net::retry::delay_after;
 use crate::net::ws::{self, WebSocket};
@@ -57,9 +58,6 @@ pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(10);
 /// interrupts are then seen through the interrupt watch every
 /// [`INTERRUPT_POLL`].
 pub const MAX_QUEUED_FRAMES: usize = 256;
-
-/// How often a stage whose queue is full checks whether its turn was interrupted.
-const INTERRUPT_POLL: Duration = Duration::from_millis(10);
 
 /// Settings of an [`ElevenLabsTts`] stage.
 #[derive(Debug, Clone, PartialEq)]
@@ -188,16 +186,6 @@ impl Stage for ElevenLabsTts {
     }
 }
 
-/// The reply in progress.
-#[derive(Debug, Clone, Copy)]
-struct Reply {
-    turn: TurnId,
-    /// Samples emitted so far in this turn: the next frame's timestamp.
-    position: u64,
-    /// Whether [`TurnMark::FirstTtsAudio`] has been recorded.
-    marked: bool,
-}
-
 /// The cause of a turn's connection that ended early.
 enum Failure {
     /// The connection failed.
@@ -261,11 +249,7 @@ struct Runner<'a> {
     /// Frames taken during a turn's connection that belong after the turn.
     held: VecDeque<Frame>,
     inbox_ended: bool,
-    reply: Option<Reply>,
-    /// The highest turn that ended (last text or interrupt).
-    ended_through: TurnId,
-    /// Decoded samples not yet emitted.
-    samples: Vec<f32>,
+    replies: Replies,
 }
 
 impl<'a> Runner<'a> {
@@ -282,9 +266,7 @@ impl<'a> Runner<'a> {
             queue: VecDeque::new(),
             held: VecDeque::new(),
             inbox_ended: false,
-            reply: None,
-            ended_through: TurnId::NONE,
-            samples: Vec::with_capacity(stage.frame_samples * 2),
+            replies: Replies::new("ElevenLabs", stage.format, stage.frame_samples),
         }
     }
 
@@ -300,15 +282,7 @@ impl<'a> Runner<'a> {
 
     /// Returns the next frame to handle: queued frames first, then the inbox.
     async fn next_frame(&mut self) -> Option<Frame> {
-        if let Some(frame) = self.queue.pop_front() {
-            return Some(frame);
-        }
-        if self.inbox_ended {
-            return None;
-        }
-        let frame = self.io.inbox.recv().await;
-        self.inbox_ended = frame.is_none();
-        frame
+        next_frame(self.io, &mut self.queue, &mut self.inbox_ended).await
     }
 
     async fn handle(&mut self, frame: Frame) -> Result<(), StageError> {
@@ -323,15 +297,13 @@ impl<'a> Runner<'a> {
             tracing::debug!(stage = %self.io.name, kind = frame.kind_name(), "ignored a frame that is not text");
             return Ok(());
         };
-        if turn != TurnId::NONE && turn <= self.ended_through {
+        if self.replies.has_ended(turn) {
             tracing::trace!(stage = %self.io.name, turn = turn.0, "ignored text of a turn that has ended");
             return Ok(());
         }
 
         // A new turn starts its own reply, with media time from 0.
-        if self.reply.is_none_or(|reply| reply.turn != turn) {
-            self.reply = Some(Reply { turn, position: 0, marked: false });
-        }
+        self.replies.start(turn);
         let mut text = TurnText { pieces: Vec::new(), complete: delta.last };
         if !delta.text.trim().is_empty() {
             text.pieces.push(delta.text.clone());
@@ -346,23 +318,14 @@ impl<'a> Runner<'a> {
 
     /// Ends the reply to `turn` after its last text.
     fn end_turn(&mut self, turn: TurnId) {
-        self.ended_through = self.ended_through.max(turn);
-        if self.reply.is_some_and(|reply| reply.turn == turn) {
-            self.reply = None;
-        }
+        self.replies.end(turn);
     }
 
     /// Ends every turn up to `turn`: its queued text is dropped and its reply stops.
     fn interrupt(&mut self, turn: TurnId) {
-        self.ended_through = self.ended_through.max(turn);
-        if self.reply.is_some_and(|reply| reply.turn <= turn) {
-            self.reply = None;
-        }
-        let stale = |queued: &Frame| {
-            queued.as_control().is_none() && queued.meta.turn != TurnId::NONE && queued.meta.turn <= turn
-        };
-        self.queue.retain(|queued| !stale(queued));
-        self.held.retain(|queued| !stale(queued));
+        self.replies.interrupt(turn);
+        self.queue.retain(|queued| !is_interrupted(queued, turn));
+        self.held.retain(|queued| !is_interrupted(queued, turn));
     }
 
     /// Speaks a turn over one connection, opening another when one fails
@@ -378,7 +341,7 @@ impl<'a> Runner<'a> {
                 // Audio decoded before the failure is real; play it before reporting.
                 self.emit(turn, true, &mut emitted).await?;
             }
-            self.samples.clear();
+            self.replies.samples.clear();
             // Frames that belong after the turn go back in front of the queue.
             while let Some(frame) = self.held.pop_back() {
                 self.queue.push_front(frame);
@@ -531,8 +494,8 @@ impl<'a> Runner<'a> {
                             self.usage.first_byte(first_text_at.elapsed());
                             first_audio = false;
                         }
-                        decoder.push_f32(&audio, &mut self.samples);
-                        if !self.emit(turn, false, emitted).await? {
+                        decoder.push_f32(&audio, &mut self.replies.samples);
+                        if self.emit(turn, false, emitted).await? == Flow::Stop {
                             return Ok(Ended::Stopped);
                         }
                     }
@@ -540,7 +503,7 @@ impl<'a> Runner<'a> {
                         if let Err(error) = decoder.finish() {
                             tracing::warn!(stage = %self.io.name, turn = turn.0, %error, "dropped the incomplete last sample of a turn");
                         }
-                        if !self.emit(turn, true, emitted).await? {
+                        if self.emit(turn, true, emitted).await? == Flow::Stop {
                             return Ok(Ended::Stopped);
                         }
                         // The server closes after isFinal; a polite close costs no wait.
@@ -664,7 +627,7 @@ impl<'a> Runner<'a> {
                 }
                 Ok(Input::Text { text: delta.text.clone(), last: delta.last })
             }
-            Payload::Text(_) if frame.meta.turn != TurnId::NONE && frame.meta.turn <= self.ended_through => {
+            Payload::Text(_) if self.replies.has_ended(frame.meta.turn) => {
                 Ok(Input::Nothing)
             }
             Payload::Text(_) => {
@@ -685,37 +648,9 @@ impl<'a> Runner<'a> {
     }
 
     /// Emits the decoded samples in frames; with `all`, the shorter last
-    /// frame too. Returns `false` when the turn was interrupted.
-    async fn emit(&mut self, turn: TurnId, all: bool, emitted: &mut bool) -> Result<bool, StageError> {
-        let frame_samples = self.stage.frame_samples;
-        let ready = if all { self.samples.len() } else { self.samples.len() / frame_samples * frame_samples };
-        let sample_rate = self.stage.format.sample_rate;
-        let mut sent = 0;
-        let mut going = true;
-        while sent < ready {
-            let Some(reply) = self.reply.as_mut().filter(|reply| reply.turn == turn) else {
-                going = false;
-                break;
-            };
-            if self.watch.should_stop(turn) {
-                going = false;
-                break;
-            }
-            let end = (sent + frame_samples).min(ready);
-            let audio = AudioData::from_f32(sample_rate, 1, &self.samples[sent..end])
-                .map_err(|error| StageError::fatal("the ElevenLabs stage built an invalid audio frame").with_source(error))?;
-            if !reply.marked {
-                self.io.turns.mark(turn, TurnMark::FirstTtsAudio);
-                reply.marked = true;
-            }
-            let meta = self.io.outbox.next_meta(turn, MediaTime::from_samples(reply.position, sample_rate));
-            reply.position += (end - sent) as u64;
-            self.io.outbox.send(Frame::audio(meta, audio)).await?;
-            *emitted = true;
-            sent = end;
-        }
-        self.samples.drain(..sent);
-        Ok(going)
+    /// frame too.
+    async fn emit(&mut self, turn: TurnId, all: bool, emitted: &mut bool) -> Result<Flow, StageError> {
+        self.replies.emit(self.io, &self.watch, turn, all, emitted).await
     }
 
     /// Reports a connection that failed after its audio was emitted: the
@@ -723,10 +658,7 @@ impl<'a> Runner<'a> {
     /// app hears about it, and later text of the turn opens a new connection.
     async fn report_broken_stream(&mut self, turn: TurnId, error: &NetError, complete: bool) -> Result<(), StageError> {
         tracing::warn!(stage = %self.io.name, turn = turn.0, %error, "ElevenLabs connection broke off after its audio started");
-        let position = self.reply.filter(|reply| reply.turn == turn).map_or(0, |reply| reply.position);
-        let meta = self.io.outbox.next_meta(turn, MediaTime::from_samples(position, self.stage.format.sample_rate));
-        let failure = StageFailure { stage: self.io.name.clone(), message: error.to_string() };
-        self.io.outbox.send(Frame::control(meta, Control::Error(failure))).await?;
+        self.replies.report_error(self.io, turn, error.to_string()).await?;
         if complete {
             self.end_turn(turn);
         }

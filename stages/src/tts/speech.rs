@@ -15,7 +15,8 @@
 //! finishes the sentence. The output matches [`crate::tts::Tts`]: mono f32
 //! at the backend's rate, the last frame of each sentence possibly shorter,
 //! timestamps counted from the start of each turn's reply, and
-//! [`TurnMark::FirstTtsAudio`] marked at the first frame of a turn.
+//! [`mentis_pipeline::TurnMark::FirstTtsAudio`] marked at the first frame of
+//! a turn.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -23,11 +24,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mentis_pipeline::{
-    AudioData, AudioFormat, BackendUsage, Control, Frame, InterruptWatch, MediaTime, Payload, PortFormat, Stage,
-    StageError, StageFailure, StageFuture, StageIo, StageName, StageSpec, TextDelta, TurnId, TurnMark,
+    AudioFormat, BackendUsage, Control, Frame, InterruptWatch, Payload, PortFormat, Stage, StageError, StageFuture,
+    StageIo, StageName, StageSpec, TextDelta, TurnId,
 };
 use url::Url;
 
+use super::network::{Flow, INTERRUPT_POLL, Replies, is_interrupted, next_frame};
 use crate::net::http::{Request, send};
 use crate::net::pcm::Pcm16Decoder;
 use crate::net::retry::delay_after;
@@ -49,9 +51,6 @@ pub const SPEED_RANGE: std::ops::RangeInclusive<f32> = 0.25..=4.0;
 /// reading its inbox (the edge then holds back the sender) and checks for
 /// interruption every [`INTERRUPT_POLL`] instead.
 pub const MAX_QUEUED_FRAMES: usize = 256;
-
-/// How often a stage whose queue is full checks whether its turn was interrupted.
-const INTERRUPT_POLL: Duration = Duration::from_millis(10);
 
 /// Settings of an [`OpenAiSpeech`] stage.
 #[derive(Debug, Clone, PartialEq)]
@@ -197,24 +196,6 @@ impl Stage for OpenAiSpeech {
     }
 }
 
-/// The reply in progress.
-#[derive(Debug, Clone, Copy)]
-struct Reply {
-    turn: TurnId,
-    /// Samples emitted so far in this turn: the next frame's timestamp.
-    position: u64,
-    /// Whether [`TurnMark::FirstTtsAudio`] has been recorded.
-    marked: bool,
-}
-
-/// Whether work on the current turn goes on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Flow {
-    Continue,
-    /// The turn was interrupted or the session cancelled.
-    Stop,
-}
-
 /// The cause of a request that ended early.
 enum Failure {
     /// The request failed. `emitted` is whether its audio was already sent downstream.
@@ -239,11 +220,7 @@ struct Runner<'a> {
     /// Frames that arrived while a request was in flight, in arrival order.
     queue: VecDeque<Frame>,
     inbox_ended: bool,
-    reply: Option<Reply>,
-    /// The highest turn that ended (last text or interrupt).
-    ended_through: TurnId,
-    /// Decoded samples not yet emitted: less than one frame between reads.
-    samples: Vec<f32>,
+    replies: Replies,
 }
 
 impl<'a> Runner<'a> {
@@ -259,9 +236,7 @@ impl<'a> Runner<'a> {
             watch,
             queue: VecDeque::new(),
             inbox_ended: false,
-            reply: None,
-            ended_through: TurnId::NONE,
-            samples: Vec::with_capacity(stage.frame_samples * 2),
+            replies: Replies::new("speech", stage.format, stage.frame_samples),
         }
     }
 
@@ -277,15 +252,7 @@ impl<'a> Runner<'a> {
 
     /// Returns the next frame to handle: queued frames first, then the inbox.
     async fn next_frame(&mut self) -> Option<Frame> {
-        if let Some(frame) = self.queue.pop_front() {
-            return Some(frame);
-        }
-        if self.inbox_ended {
-            return None;
-        }
-        let frame = self.io.inbox.recv().await;
-        self.inbox_ended = frame.is_none();
-        frame
+        next_frame(self.io, &mut self.queue, &mut self.inbox_ended).await
     }
 
     async fn handle(&mut self, frame: Frame) -> Result<(), StageError> {
@@ -309,25 +276,18 @@ impl<'a> Runner<'a> {
 
     /// Ends every turn up to `turn`: its queued text is dropped and its reply stops.
     fn interrupt(&mut self, turn: TurnId) {
-        self.ended_through = self.ended_through.max(turn);
-        if self.reply.is_some_and(|reply| reply.turn <= turn) {
-            self.reply = None;
-        }
-        self.queue.retain(|queued| {
-            queued.as_control().is_some() || queued.meta.turn == TurnId::NONE || queued.meta.turn > turn
-        });
+        self.replies.interrupt(turn);
+        self.queue.retain(|queued| !is_interrupted(queued, turn));
     }
 
     async fn text(&mut self, turn: TurnId, delta: TextDelta) -> Result<(), StageError> {
-        if turn != TurnId::NONE && turn <= self.ended_through {
+        if self.replies.has_ended(turn) {
             tracing::trace!(stage = %self.io.name, turn = turn.0, "ignored text of a turn that has ended");
             return Ok(());
         }
 
         // A new turn starts its own reply, with media time from 0.
-        if self.reply.is_none_or(|reply| reply.turn != turn) {
-            self.reply = Some(Reply { turn, position: 0, marked: false });
-        }
+        self.replies.start(turn);
         for sentence in split_sentences(&delta.text) {
             if !self.speaking(turn) {
                 break;
@@ -338,17 +298,14 @@ impl<'a> Runner<'a> {
         }
 
         if delta.last {
-            self.ended_through = self.ended_through.max(turn);
-            if self.reply.is_some_and(|reply| reply.turn == turn) {
-                self.reply = None;
-            }
+            self.replies.end(turn);
         }
         Ok(())
     }
 
     /// Returns whether the reply to `turn` is still wanted.
     fn speaking(&self, turn: TurnId) -> bool {
-        self.reply.is_some_and(|reply| reply.turn == turn) && !self.watch.should_stop(turn)
+        self.replies.is_current(turn) && !self.watch.should_stop(turn)
     }
 
     /// Speaks one sentence, retrying while none of its audio was emitted.
@@ -388,7 +345,7 @@ impl<'a> Runner<'a> {
     async fn request(&mut self, turn: TurnId, sentence: &str) -> Result<Flow, Failure> {
         let mut emitted = false;
         let result = self.request_inner(turn, sentence, &mut emitted).await;
-        self.samples.clear();
+        self.replies.samples.clear();
         result.map_err(|failure| match failure {
             Failure::Net { error, .. } => Failure::Net { error, emitted },
             other => other,
@@ -443,7 +400,7 @@ impl<'a> Runner<'a> {
                 self.usage.first_byte(started.elapsed());
                 first = false;
             }
-            decoder.push_f32(&chunk, &mut self.samples);
+            decoder.push_f32(&chunk, &mut self.replies.samples);
             if self.emit(turn, false, emitted).await? == Flow::Stop {
                 return Ok(Flow::Stop);
             }
@@ -457,35 +414,7 @@ impl<'a> Runner<'a> {
 
     /// Emits the decoded samples in frames; with `all`, the shorter last frame too.
     async fn emit(&mut self, turn: TurnId, all: bool, emitted: &mut bool) -> Result<Flow, StageError> {
-        let frame_samples = self.stage.frame_samples;
-        let ready = if all { self.samples.len() } else { self.samples.len() / frame_samples * frame_samples };
-        let sample_rate = self.stage.format.sample_rate;
-        let mut sent = 0;
-        let mut flow = Flow::Continue;
-        while sent < ready {
-            let Some(reply) = self.reply.as_mut().filter(|reply| reply.turn == turn) else {
-                flow = Flow::Stop;
-                break;
-            };
-            if self.watch.should_stop(turn) {
-                flow = Flow::Stop;
-                break;
-            }
-            let end = (sent + frame_samples).min(ready);
-            let audio = AudioData::from_f32(sample_rate, 1, &self.samples[sent..end])
-                .map_err(|error| StageError::fatal("the speech stage built an invalid audio frame").with_source(error))?;
-            if !reply.marked {
-                self.io.turns.mark(turn, TurnMark::FirstTtsAudio);
-                reply.marked = true;
-            }
-            let meta = self.io.outbox.next_meta(turn, MediaTime::from_samples(reply.position, sample_rate));
-            reply.position += (end - sent) as u64;
-            self.io.outbox.send(Frame::audio(meta, audio)).await?;
-            *emitted = true;
-            sent = end;
-        }
-        self.samples.drain(..sent);
-        Ok(flow)
+        self.replies.emit(self.io, &self.watch, turn, all, emitted).await
     }
 
     /// Reports a request that failed after its audio was emitted: it cannot
@@ -493,11 +422,7 @@ impl<'a> Runner<'a> {
     /// stage goes on with the next sentence.
     async fn report_broken_stream(&mut self, turn: TurnId, error: &NetError) -> Result<(), StageError> {
         tracing::warn!(stage = %self.io.name, turn = turn.0, %error, "speech response failed after its audio started, so the stage goes on with the next sentence");
-        let position = self.reply.filter(|reply| reply.turn == turn).map_or(0, |reply| reply.position);
-        let timestamp = MediaTime::from_samples(position, self.stage.format.sample_rate);
-        let meta = self.io.outbox.next_meta(turn, timestamp);
-        let failure = StageFailure { stage: self.io.name.clone(), message: error.to_string() };
-        self.io.outbox.send(Frame::control(meta, Control::Error(failure))).await
+        self.replies.report_error(self.io, turn, error.to_string()).await
     }
 
     /// Awaits `work` while taking frames from the inbox, so that an interrupt

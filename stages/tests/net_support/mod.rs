@@ -336,3 +336,90 @@ impl Harness {
         frames
     }
 }
+
+/// A speech synthesis stage running outside a graph. Text goes in through
+/// `input` and audio comes out of `output`. The session's usage, egress and
+/// turn records are kept for checks.
+pub struct TtsRun {
+    pub input: Option<mentis_pipeline::edge::Sender>,
+    pub output: mentis_pipeline::edge::Receiver,
+    pub usage: mentis_pipeline::UsageLog,
+    pub egress: EgressLog,
+    pub turns: mentis_pipeline::TurnClock,
+    pub task: tokio::task::JoinHandle<Result<(), mentis_pipeline::StageError>>,
+}
+
+impl TtsRun {
+    /// Starts `stage`, named `tts`, in `session` for a pipeline of `tier`.
+    pub fn start(
+        mut stage: impl mentis_pipeline::Stage + 'static,
+        session: mentis_pipeline::SessionId,
+        tier: PrivacyTier,
+    ) -> TtsRun {
+        use mentis_pipeline::EdgeConfig;
+        use mentis_pipeline::edge::channel;
+        let (input, inbox) = channel("text -> tts", EdgeConfig::lossless(64));
+        let (outbox, output) = channel("tts -> out", EdgeConfig::lossless(8192));
+        let name = StageName::new("tts").expect("valid stage name");
+        let mut io = mentis_pipeline::StageIo::detached(name, session, vec![inbox], vec![outbox])
+            .with_policy(PrivacyPolicy::new(tier));
+        let (usage, egress, turns) = (io.usage.clone(), io.egress.clone(), io.turns.clone());
+        let task = tokio::spawn(async move { stage.run(&mut io).await });
+        TtsRun { input: Some(input), output, usage, egress, turns, task }
+    }
+
+    /// Sends one input frame.
+    pub async fn send(&self, frame: mentis_pipeline::Frame) {
+        self.input.as_ref().expect("input open").send(frame).await.expect("the stage takes input");
+    }
+
+    /// Waits for the next output frame.
+    pub async fn next(&mut self) -> mentis_pipeline::Frame {
+        tokio::time::timeout(Duration::from_secs(10), self.output.recv())
+            .await
+            .expect("an output frame within 10 s")
+            .expect("the stage is still running")
+    }
+
+    /// Ends the input and returns the rest of the output and the result of `run`.
+    pub async fn finish(mut self) -> (Vec<mentis_pipeline::Frame>, Result<(), mentis_pipeline::StageError>) {
+        self.input.take();
+        let mut frames = Vec::new();
+        let collect = async {
+            while let Some(frame) = self.output.recv().await {
+                frames.push(frame);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), collect).await.expect("the stage ends within 20 s");
+        let result = self.task.await.expect("the stage task does not panic");
+        (frames, result)
+    }
+}
+
+/// Returns the audio frames of `frames` as (turn, timestamp, samples),
+/// after asserting that each is mono f32 at `sample_rate`.
+pub fn mono_f32_audio(
+    frames: &[mentis_pipeline::Frame],
+    sample_rate: u32,
+) -> Vec<(mentis_pipeline::TurnId, mentis_pipeline::MediaTime, Vec<f32>)> {
+    frames
+        .iter()
+        .filter_map(|frame| {
+            let audio = frame.as_audio()?;
+            assert_eq!(audio.format().sample_rate, sample_rate);
+            assert_eq!(audio.format().channels, 1);
+            let mentis_pipeline::Samples::F32(samples) = audio.samples() else {
+                panic!("expected f32 samples, got {:?}", audio.format());
+            };
+            Some((frame.meta.turn, frame.meta.timestamp, samples.to_vec()))
+        })
+        .collect()
+}
+
+/// Asserts that `key` appears in none of `outputs`: the error, its debug
+/// form, the usage and egress records, and whatever else a stage printed.
+pub fn assert_key_hidden(key: &str, outputs: &[String]) {
+    for output in outputs {
+        assert!(!output.contains(key), "the key appears in {output}");
+    }
+}

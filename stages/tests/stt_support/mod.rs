@@ -198,3 +198,30 @@ pub fn is_final(frame: &Frame, turn: TurnId) -> bool {
     frame.meta.turn == turn
         && matches!(&frame.payload, Payload::Transcript(transcript) if transcript.kind == TranscriptKind::Final)
 }
+
+/// Returns the partial transcripts among `frames`, with their turns.
+pub fn partials(frames: &[Frame]) -> Vec<(TurnId, String)> {
+    transcripts(frames)
+        .into_iter()
+        .filter(|(_, kind, _)| *kind == TranscriptKind::Partial)
+        .map(|(turn, _, text)| (turn, text))
+        .collect()
+}
+
+/// Asserts that the final transcript of `turn` goes out before the
+/// `SpeechStopped` that ended its segment.
+pub fn assert_final_before_stopped(frames: &[Frame], turn: TurnId) {
+    let final_at = position(frames, |frame| is_final(frame, turn)).expect("a final transcript");
+    let stopped_at = position(frames, |frame| is_control(frame, turn, &Control::SpeechStopped)).expect("a SpeechStopped");
+    assert!(final_at < stopped_at, "the final of turn {turn:?} comes before the SpeechStopped it belongs to");
+}
+
+/// Returns the retry policy of the streaming tests: 3 retries, 20 to 100 ms apart.
+pub fn quick_retry() -> mentis_pipeline::wrap::RetryPolicy {
+    mentis_pipeline::wrap::RetryPolicy {
+        max_retries: 3,
+        initial_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(100),
+        ..mentis_pipeline::wrap::RetryPolicy::default()
+    }
+}

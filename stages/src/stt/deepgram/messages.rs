@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use url::Url;
 
+pub use crate::stt::network::TranscriptUpdate;
+
 /// Maximum number of characters of a malformed message kept in
 /// [`DeepgramMessageError::Malformed`], so an error never carries a whole
 /// message.
@@ -498,16 +500,6 @@ fn read_fields<'a, T: Deserialize<'a>>(value: &'a Value, kind: &str, text: &str)
 /// Builds a [`DeepgramMessageError::Malformed`] with the start of `text`.
 fn malformed(detail: String, text: &str) -> DeepgramMessageError {
     DeepgramMessageError::Malformed { detail, excerpt: text.chars().take(EXCERPT_CHARS).collect() }
-}
-
-/// A change in the transcript, reported by the [`TranscriptAssembler`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TranscriptUpdate {
-    /// The utterance so far: its finalized text followed by the current
-    /// interim text. A later update replaces it.
-    Partial(String),
-    /// The complete text of an utterance, returned once.
-    Final(String),
 }
 
 /// Turns the server's results into one transcript per utterance.

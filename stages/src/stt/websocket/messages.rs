@@ -21,6 +21,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use crate::stt::network::TranscriptUpdate;
+
 /// Maximum number of characters of a malformed message kept in
 /// [`VoskMessageError::Malformed`], so an error never carries a whole message.
 const EXCERPT_CHARS: usize = 120;
@@ -223,15 +225,6 @@ pub fn parse_server_message(text: &str) -> Result<ServerMessage, VoskMessageErro
 /// Builds a [`VoskMessageError::Malformed`] with the start of `text`.
 fn malformed(detail: String, text: &str) -> VoskMessageError {
     VoskMessageError::Malformed { detail, excerpt: text.chars().take(EXCERPT_CHARS).collect() }
-}
-
-/// A change in the transcript, reported by the [`TranscriptAssembler`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TranscriptUpdate {
-    /// The utterance in progress so far. A later update replaces it.
-    Partial(String),
-    /// The complete text of an utterance, returned once.
-    Final(String),
 }
 
 /// Turns the server's partial and final results into one transcript per
