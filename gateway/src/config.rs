@@ -21,8 +21,14 @@ pub struct GatewayConfig {
     /// Certificate and key files; required unless `listen` is a loopback address.
     #[serde(default)]
     pub tls: Option<TlsFiles>,
-    /// A file (mode 600) holding the token signing key: at least 32 random bytes.
-    pub signing_key_file: PathBuf,
+    /// A file (mode 600) holding the token signing key: at least 32 random
+    /// bytes. Set this or `signing_key_env`.
+    #[serde(default)]
+    pub signing_key_file: Option<PathBuf>,
+    /// The environment variable holding the token signing key, for platforms
+    /// that pass secrets as variables (a Kubernetes Secret).
+    #[serde(default)]
+    pub signing_key_env: Option<String>,
     /// Server-wide settings.
     #[serde(default)]
     pub server: ServerSection,
@@ -30,9 +36,92 @@ pub struct GatewayConfig {
     /// in builds with the `on-device` feature.
     #[serde(default = "default_pipelines")]
     pub pipelines: Vec<String>,
-    /// The tenants.
+    /// The tenants, when there is no `[store]`. With a store, tenants live
+    /// in it and are created with `mentis-gateway create-tenant`.
     #[serde(default)]
     pub tenants: Vec<TenantSection>,
+    /// This process's id in the session registry. When omitted, the
+    /// `HOSTNAME` environment variable (a Kubernetes pod's name) is used.
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    /// Where tenants, API keys and privacy records are stored. Without it,
+    /// tenants come from `[[tenants]]` and the privacy records API is off.
+    #[serde(default)]
+    pub store: Option<StoreSection>,
+    /// Redis for limit counters and the session registry shared by several
+    /// gateway processes. Without it, limits are counted in this process.
+    #[serde(default)]
+    pub redis: Option<RedisSection>,
+}
+
+/// The store's database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreBackend {
+    /// An embedded SQLite file, for a single gateway process.
+    Sqlite,
+    /// PostgreSQL, shared by several gateway processes.
+    Postgres,
+}
+
+/// The `[store]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// `sqlite` or `postgres`.
+    pub backend: StoreBackend,
+    /// The SQLite database file; `sqlite` only.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// The environment variable that holds the application role's
+    /// `postgres://` URL; `postgres` only. The URL carries a password, so it
+    /// never appears in this file.
+    #[serde(default)]
+    pub url_env: Option<String>,
+    /// The environment variable that holds the URL of a role that may create
+    /// tables; `postgres` only. When set, the gateway applies missing schema
+    /// migrations at start and grants the application role its privileges.
+    #[serde(default)]
+    pub migrate_url_env: Option<String>,
+    /// PostgreSQL connections per process; `postgres` only.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// Time between two runs of the retention purge, in seconds.
+    #[serde(default = "default_purge_interval")]
+    pub purge_interval_seconds: u64,
+}
+
+fn default_pool_size() -> usize {
+    crate::store::DEFAULT_POOL_SIZE
+}
+
+fn default_purge_interval() -> u64 {
+    3_600
+}
+
+/// The `[redis]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSection {
+    /// The environment variable that holds the `redis://` URL, which may
+    /// carry a password.
+    pub url_env: String,
+}
+
+/// Where the store is, with secrets read from the environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database.
+    Postgres {
+        /// The application role's URL.
+        url: String,
+        /// The migration role's URL, when migrations run at start.
+        migrate_url: Option<String>,
+        /// Connections per process.
+        pool_size: usize,
+    },
 }
 
 fn default_pipelines() -> Vec<String> {
@@ -127,6 +216,14 @@ pub enum ConfigError {
         /// The parser's message, with line and column.
         message: String,
     },
+    /// An environment variable named by the config is not set.
+    #[error("environment variable {variable} (named by {field}) is not set or empty; set it to the URL, with its password, outside the config file")]
+    MissingEnv {
+        /// The variable.
+        variable: String,
+        /// The setting that names it, such as `store.url_env`.
+        field: String,
+    },
     /// A value is out of range.
     #[error("invalid config value {field}: {message}")]
     Invalid {
@@ -176,6 +273,74 @@ impl GatewayConfig {
         })
     }
 
+    /// Reads the token signing key from the file or variable the config names.
+    pub fn signing_key(&self) -> Result<mentis_pipeline::Secret, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid { field: "signing_key_file".to_owned(), message };
+        match (&self.signing_key_file, &self.signing_key_env) {
+            (Some(path), None) => mentis_pipeline::Secret::from_file(path).map_err(|error| invalid(error.to_string())),
+            (None, Some(variable)) => mentis_pipeline::Secret::from_env(variable)
+                .map_err(|_| ConfigError::MissingEnv { variable: variable.clone(), field: "signing_key_env".to_owned() }),
+            _ => Err(invalid("set exactly one of signing_key_file and signing_key_env".to_owned())),
+        }
+    }
+
+    /// Returns where the store is, reading URLs from the environment
+    /// variables the config names, or `None` without a `[store]`.
+    pub fn store_location(&self) -> Result<Option<StoreLocation>, ConfigError> {
+        let Some(store) = &self.store else {
+            return Ok(None);
+        };
+        let invalid = |field: &str, message: &str| ConfigError::Invalid { field: format!("store.{field}"), message: message.to_owned() };
+        if !self.tenants.is_empty() {
+            return Err(ConfigError::Invalid {
+                field: "tenants".to_owned(),
+                message: "with a [store], tenants live in the store; remove [[tenants]] and create them with `mentis-gateway create-tenant`".to_owned(),
+            });
+        }
+        if store.purge_interval_seconds == 0 {
+            return Err(invalid("purge_interval_seconds", "must be at least 1"));
+        }
+        match store.backend {
+            StoreBackend::Sqlite => {
+                if store.url_env.is_some() || store.migrate_url_env.is_some() {
+                    return Err(invalid("url_env", "applies to backend = \"postgres\" only"));
+                }
+                let path = store.path.clone().ok_or_else(|| invalid("path", "backend = \"sqlite\" needs the database file's path"))?;
+                Ok(Some(StoreLocation::Sqlite(path)))
+            }
+            StoreBackend::Postgres => {
+                if store.path.is_some() {
+                    return Err(invalid("path", "applies to backend = \"sqlite\" only"));
+                }
+                if store.pool_size == 0 {
+                    return Err(invalid("pool_size", "must be at least 1"));
+                }
+                let variable = store.url_env.as_deref().ok_or_else(|| invalid("url_env", "backend = \"postgres\" needs the name of the environment variable with the URL"))?;
+                let url = read_env(variable, "store.url_env")?;
+                let migrate_url = store.migrate_url_env.as_deref().map(|variable| read_env(variable, "store.migrate_url_env")).transpose()?;
+                Ok(Some(StoreLocation::Postgres { url, migrate_url, pool_size: store.pool_size }))
+            }
+        }
+    }
+
+    /// Returns the Redis URL from the environment variable the config
+    /// names, or `None` without a `[redis]`.
+    pub fn redis_url(&self) -> Result<Option<String>, ConfigError> {
+        self.redis.as_ref().map(|redis| read_env(&redis.url_env, "redis.url_env")).transpose()
+    }
+
+    /// Returns the purge interval, or `None` without a store.
+    pub fn purge_interval(&self) -> Option<Duration> {
+        self.store.as_ref().map(|store| Duration::from_secs(store.purge_interval_seconds))
+    }
+
+    /// Returns this process's registry id: `instance_id`, else `$HOSTNAME`,
+    /// else `gateway-` and a random number.
+    pub fn instance_id(&self) -> String {
+        let from_env = std::env::var("HOSTNAME").ok().filter(|name| !name.trim().is_empty());
+        self.instance_id.clone().or(from_env).unwrap_or_else(|| format!("gateway-{:08x}", fastrand::u32(..)))
+    }
+
     /// Builds the tenant table.
     pub fn tenants(&self) -> Result<InMemoryTenants, ConfigError> {
         let mut table = InMemoryTenants::new();
@@ -197,6 +362,13 @@ impl GatewayConfig {
             }
         }
         Ok(table)
+    }
+}
+
+fn read_env(variable: &str, field: &str) -> Result<String, ConfigError> {
+    match std::env::var(variable) {
+        Ok(value) if !value.trim().is_empty() => Ok(value.trim().to_owned()),
+        _ => Err(ConfigError::MissingEnv { variable: variable.to_owned(), field: field.to_owned() }),
     }
 }
 
@@ -224,5 +396,33 @@ mod tests {
         let text = "listen = \"127.0.0.1:1\"\nsigning_key_file = \"k\"\n[[tenants]]\nid = \"a\"\ntier = \"cloud\"\napi_key_sha256 = [\"xyz\"]\n";
         let error = GatewayConfig::parse(text).expect("parses").tenants().expect_err("bad digest");
         assert!(error.to_string().contains("tenants[0].api_key_sha256[0]"), "{error}");
+    }
+
+    const BASE: &str = "listen = \"127.0.0.1:1\"\nsigning_key_file = \"k\"\n";
+
+    #[test]
+    fn sqlite_store_needs_path() {
+        let config = GatewayConfig::parse(&format!("{BASE}[store]\nbackend = \"sqlite\"\n")).expect("parses");
+        let error = config.store_location().expect_err("no path");
+        assert!(error.to_string().contains("store.path"), "{error}");
+
+        let config = GatewayConfig::parse(&format!("{BASE}[store]\nbackend = \"sqlite\"\npath = \"/tmp/g.sqlite\"\n")).expect("parses");
+        assert_eq!(config.store_location().expect("valid"), Some(StoreLocation::Sqlite("/tmp/g.sqlite".into())));
+    }
+
+    #[test]
+    fn postgres_url_comes_from_env() {
+        let text = format!("{BASE}[store]\nbackend = \"postgres\"\nurl_env = \"MENTIS_CONFIG_TEST_UNSET_URL\"\n");
+        let error = GatewayConfig::parse(&text).expect("parses").store_location().expect_err("unset variable");
+        assert!(matches!(&error, ConfigError::MissingEnv { variable, .. } if variable == "MENTIS_CONFIG_TEST_UNSET_URL"), "{error}");
+        let error = GatewayConfig::parse(&format!("{BASE}[store]\nbackend = \"postgres\"\nurl = \"postgres://u:p@h/d\"\n")).expect_err("no URL in the file");
+        assert!(error.to_string().contains("url"), "{error}");
+    }
+
+    #[test]
+    fn store_excludes_file_tenants() {
+        let text = format!("{BASE}[store]\nbackend = \"sqlite\"\npath = \"g\"\n[[tenants]]\nid = \"a\"\ntier = \"cloud\"\n");
+        let error = GatewayConfig::parse(&text).expect("parses").store_location().expect_err("both");
+        assert!(error.to_string().contains("create-tenant"), "{error}");
     }
 }

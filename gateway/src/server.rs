@@ -43,7 +43,8 @@ use crate::limits::{InProcessLimits, LimitError, LimitStore, SessionLease};
 use crate::metrics::GatewayMetrics;
 use crate::pipelines::PipelineRegistry;
 use crate::recording::{NoRecorder, TranscriptRecorder};
-use crate::session::{SessionContext, SessionServices, SessionTiming, new_session_id, run_session};
+use crate::redis::SessionRegistry;
+use crate::session::{SessionContext, SessionRegistration, SessionServices, SessionTiming, new_session_id, run_session};
 use crate::tenants::{TenantDirectory, UserId};
 
 /// Settings of the server as a whole.
@@ -124,6 +125,7 @@ pub struct GatewayBuilder {
     recorder: Arc<dyn TranscriptRecorder>,
     settings: ServerSettings,
     routes: Option<Router>,
+    registry: Option<SessionRegistration>,
 }
 
 impl std::fmt::Debug for GatewayBuilder {
@@ -161,6 +163,14 @@ impl GatewayBuilder {
         self
     }
 
+    /// Registers every session in `registry` under this gateway's `instance`
+    /// id while it runs; sessions are not registered by default.
+    #[must_use]
+    pub fn registry(mut self, registry: Arc<dyn SessionRegistry>, instance: impl Into<String>) -> Self {
+        self.registry = Some(SessionRegistration { registry, instance: instance.into() });
+        self
+    }
+
     /// Adds routes served beside the gateway's own, such as the privacy records API.
     #[must_use]
     pub fn routes(mut self, routes: Router) -> Self {
@@ -179,6 +189,7 @@ impl GatewayBuilder {
             recorder: self.recorder,
             timing: self.settings.timing,
             shutdown,
+            registry: self.registry,
         };
         let state = Arc::new(State_ {
             directory: self.directory,
@@ -218,6 +229,7 @@ impl Gateway {
             recorder: Arc::new(NoRecorder),
             settings: ServerSettings::default(),
             routes: None,
+            registry: None,
         }
     }
 

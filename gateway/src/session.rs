@@ -35,7 +35,8 @@ use crate::protocol::{
     AudioEncoding, ClientMessage, CloseCode, EndReason, ErrorCode, InputAudio, MIN_FRAME, ProtocolError, ServerEvent,
     SessionLimits, StartMessage, close_reason, parse_client_message, PROTOCOL_VERSION,
 };
-use crate::recording::TranscriptRecorder;
+use crate::recording::{AudioClip, TranscriptRecorder};
+use crate::redis::{OPEN_SESSION_GRACE, SessionRegistry};
 use crate::tenants::Tenant;
 
 /// Timing settings shared by every session of a server.
@@ -89,7 +90,24 @@ pub struct SessionServices {
     pub timing: SessionTiming,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
+    /// Where sessions are registered with this instance's id, when several
+    /// gateway processes share the load.
+    pub registry: Option<SessionRegistration>,
 }
+
+/// A session registry and the id under which this process registers its sessions.
+#[derive(Debug, Clone)]
+pub struct SessionRegistration {
+    /// The registry.
+    pub registry: Arc<dyn SessionRegistry>,
+    /// This gateway instance's id, such as the pod name.
+    pub instance: String,
+}
+
+/// Size at which a buffered clip of client audio is handed to the recorder,
+/// in bytes: 256 KiB is 8 s of 16 kHz mono PCM16. It bounds the memory that
+/// audio recording adds to a session.
+pub const AUDIO_CLIP_BYTES: usize = 256 * 1024;
 
 /// One authenticated session, ready to run on an upgraded socket.
 #[derive(Debug)]
@@ -135,16 +153,56 @@ where
     let _entered = span.enter();
     services.metrics.session_started(&tenant);
     tracing::info!("session opened");
+    let registered = register(&context, &services).await;
 
-    let outcome = drive(ws, &context, &services).await;
+    let mut recorded = false;
+    let outcome = drive(ws, &context, &services, &mut recorded).await;
 
     services.metrics.session_ended(&tenant);
+    if recorded {
+        services.recorder.session_ended(&context).await;
+    }
+    if registered {
+        unregister(&context, &services).await;
+    }
     context.lease.release().await;
     tracing::info!(close = ?outcome.close, reason = outcome.label, stopped_cleanly = outcome.stopped_cleanly, "session closed");
     outcome
 }
 
-async fn drive<S>(mut ws: WebSocketStream<S>, context: &SessionContext, services: &SessionServices) -> SessionOutcome
+/// Records in the session registry, if there is one, that this instance
+/// serves the session. Returns whether the entry was written.
+async fn register(context: &SessionContext, services: &SessionServices) -> bool {
+    let Some(registration) = &services.registry else {
+        return false;
+    };
+    // The entry outlives the longest session, so it needs no refresh; a
+    // crashed instance's entries expire on their own.
+    let ttl = context.tenant.limits.max_session().saturating_add(OPEN_SESSION_GRACE);
+    match registration.registry.register(&context.id, &registration.instance, ttl).await {
+        Ok(true) => true,
+        Ok(false) => {
+            tracing::warn!(instance = %registration.instance, "the session id is already registered by another entry");
+            false
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot register the session; it runs unregistered");
+            false
+        }
+    }
+}
+
+/// Removes the session's registry entry.
+async fn unregister(context: &SessionContext, services: &SessionServices) {
+    let Some(registration) = &services.registry else {
+        return;
+    };
+    if let Err(error) = registration.registry.unregister(&context.id, &registration.instance).await {
+        tracing::warn!(%error, "cannot unregister the session; its entry expires after the longest session");
+    }
+}
+
+async fn drive<S>(mut ws: WebSocketStream<S>, context: &SessionContext, services: &SessionServices, recorded: &mut bool) -> SessionOutcome
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -185,6 +243,9 @@ where
         }
     };
     let tier = pipeline.tier();
+
+    // The session's record exists before any transcript of it is stored.
+    *recorded = services.recorder.session_started(context, tier).await;
     let session = pipeline.start(context.numeric_id);
 
     let limits = SessionLimits {
@@ -225,6 +286,7 @@ where
         unaccounted: Duration::ZERO,
         frames: 0,
         audio: Duration::ZERO,
+        clip: clip_buffer(&start, context, services, *recorded),
     };
     let reader_task = tokio::spawn(reader.run(receive));
 
@@ -236,7 +298,7 @@ where
         events: events_rx,
         context,
         services,
-        consent_transcripts: start.consent.store_transcripts,
+        consent_transcripts: start.consent.store_transcripts && *recorded,
         interrupted: TurnId::NONE,
         announced_start: TurnId::NONE,
         announced_end: TurnId::NONE,
@@ -249,6 +311,62 @@ where
     let outcome = writer.run().await;
     reader_task.abort();
     outcome
+}
+
+/// Returns the buffer of client audio to record, when the start message
+/// asked for audio to be stored and the recorder stores audio.
+fn clip_buffer(start: &StartMessage, context: &SessionContext, services: &SessionServices, recorded: bool) -> Option<ClipBuffer> {
+    if !(start.consent.store_audio && recorded && services.recorder.stores_audio()) {
+        return None;
+    }
+    if start.audio.encoding != AudioEncoding::Pcm16 {
+        // NOTE: Opus packets are not stored: concatenated packets without
+        // their lengths cannot be decoded, and the store has no packet framing.
+        tracing::info!("audio storage was requested, but only PCM16 input is stored; this session's Opus audio is not");
+        return None;
+    }
+    Some(ClipBuffer {
+        recorder: Arc::clone(&services.recorder),
+        tenant: context.tenant.id().to_owned(),
+        session: context.id.clone(),
+        format: format!("pcm16/{}/{}", start.audio.sample_rate, start.audio.channels),
+        data: Vec::new(),
+    })
+}
+
+/// Client audio collected for the recorder, handed over in clips of at most
+/// [`AUDIO_CLIP_BYTES`] and, for the rest, when the buffer is dropped.
+struct ClipBuffer {
+    recorder: Arc<dyn TranscriptRecorder>,
+    tenant: String,
+    session: String,
+    format: String,
+    data: Vec<u8>,
+}
+
+impl ClipBuffer {
+    fn push(&mut self, frame: &[u8]) {
+        if self.data.len() + frame.len() > AUDIO_CLIP_BYTES {
+            self.flush();
+        }
+        self.data.extend_from_slice(frame);
+    }
+
+    fn flush(&mut self) {
+        if self.data.is_empty() {
+            return;
+        }
+        let data = std::mem::take(&mut self.data);
+        self.recorder.audio_clip(AudioClip { tenant: self.tenant.clone(), session: self.session.clone(), format: self.format.clone(), data });
+    }
+}
+
+impl Drop for ClipBuffer {
+    /// Hands over the last clip. The reader task is aborted when the session
+    /// ends, so dropping is the one place every ending passes through.
+    fn drop(&mut self) {
+        self.flush();
+    }
 }
 
 /// The way a session ends: close code, reason, last event and metric label.
@@ -414,6 +532,8 @@ struct Reader {
     unaccounted: Duration,
     frames: u64,
     audio: Duration,
+    /// Client audio to record, when the user consented to audio storage.
+    clip: Option<ClipBuffer>,
 }
 
 impl Reader {
@@ -430,6 +550,9 @@ impl Reader {
                 Some(Ok(Message::Text(text))) => match parse_client_message(&text) {
                     Ok(ClientMessage::Stop) if self.input.is_some() => {
                         self.input = None;
+                        if let Some(clip) = &mut self.clip {
+                            clip.flush();
+                        }
                         let _ = self.events.send(ReaderEvent::Progress { frames: self.frames, audio: self.audio }).await;
                         let _ = self.events.send(ReaderEvent::Stop).await;
                         continue;
@@ -462,7 +585,11 @@ impl Reader {
             return Err(ReaderEvent::Invalid(ProtocolError::new("message", "audio arrived after stop")));
         };
         let arrived = Instant::now();
+        let raw = self.clip.is_some().then(|| data.clone());
         let (payload, duration) = decode_frame(&self.format, data, self.max_frame).map_err(ReaderEvent::Invalid)?;
+        if let (Some(clip), Some(raw)) = (&mut self.clip, raw) {
+            clip.push(&raw);
+        }
         let meta = FrameMeta { session: self.session, turn: TurnId::NONE, seq: self.seq, timestamp: self.media };
         self.seq += 1;
         self.media = self.media.add(duration);

@@ -41,6 +41,7 @@ async fn session(limits: Limits) -> (WebSocketStream<DuplexStream>, tokio::task:
         recorder: Arc::new(NoRecorder),
         timing: SessionTiming::default(),
         shutdown: CancellationToken::new(),
+        registry: None,
     };
     (client, tokio::spawn(run_session(server, context, services)))
 }

@@ -27,7 +27,7 @@ use mentis_pipeline::{PrivacyTier, Secret};
 
 pub use api_key::{API_KEY_PREFIX, ApiKeyHash, NewApiKey, RandomSourceError, generate_api_key};
 pub use error::StoreError;
-pub use postgres::{PostgresStore, TENANT_SETTING};
+pub use postgres::{DEFAULT_POOL_SIZE, PostgresStore, TENANT_SETTING};
 pub use sqlite::SqliteStore;
 pub use types::{
     AuditAction, AuditEntry, AudioRecord, ConsentRecord, ConsentScope, DeletedCounts, MAX_AUDIO_BYTES,
@@ -171,8 +171,29 @@ pub(crate) fn validate_tenant(tenant: &Tenant) -> Result<(), StoreError> {
             reason: format!("{} is too large", tenant.limits.max_audio_seconds_per_day),
         });
     }
+    if tenant.allowed_origins.len() > MAX_ORIGINS {
+        return Err(StoreError::InvalidTenant {
+            field: "allowed_origins",
+            reason: format!("{} origins, more than the maximum of {MAX_ORIGINS}", tenant.allowed_origins.len()),
+        });
+    }
+    for origin in &tenant.allowed_origins {
+        let valid = !origin.is_empty() && origin.len() <= MAX_ORIGIN_LEN && origin.chars().all(|c| c.is_ascii_graphic());
+        if !valid {
+            return Err(StoreError::InvalidTenant {
+                field: "allowed_origins",
+                reason: format!("{origin:?} is not an origin such as https://app.example.com (1 to {MAX_ORIGIN_LEN} printable ASCII characters)"),
+            });
+        }
+    }
     Ok(())
 }
+
+/// Maximum number of allowed browser origins of one tenant.
+pub const MAX_ORIGINS: usize = 32;
+
+/// Maximum length of one allowed origin, in bytes.
+pub const MAX_ORIGIN_LEN: usize = 256;
 
 /// Maximum length of an API key label, in bytes.
 pub const MAX_LABEL_LEN: usize = 128;

@@ -23,7 +23,7 @@ use tokio::sync::{Mutex, MutexGuard};
 use tokio_postgres::{Client, Config, NoTls, Row, Transaction};
 
 use super::api_key::sha256_hex;
-use super::types::{check_audio, check_transcript, parse_tier, tier_name};
+use super::types::{check_audio, check_transcript, origins_json, parse_origins, parse_tier, tier_name};
 use super::{
     ApiKeyHash, AuditAction, AuditEntry, AudioRecord, ConsentRecord, ConsentScope, DeletedCounts, PurgeSummary,
     SessionId, SessionRecord, Store, StoreError, StoreOutcome, Tenant, TenantId, TenantLimits, Timestamp,
@@ -34,7 +34,10 @@ use super::{
 pub const TENANT_SETTING: &str = "app.tenant_id";
 
 /// Schema migrations, applied in order and recorded in `mentis_schema_migrations`.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/postgres/0001_init.sql"),
+    include_str!("../../migrations/postgres/0002_tenant_frames_origins.sql"),
+];
 
 /// Key of the advisory lock that serializes migrations started by several
 /// gateway processes at once ("mentis" in ASCII).
@@ -200,7 +203,7 @@ fn limit<T: TryFrom<i64>>(row: &Row, column: &str) -> Result<T, StoreError> {
 
 const TENANT_COLUMNS: &str = "id, name, max_tier, transcript_retention_secs, audio_retention_secs, \
      max_concurrent_sessions, max_new_sessions_per_minute, max_audio_seconds_per_day, max_message_bytes, \
-     max_session_seconds";
+     max_session_seconds, max_frame_ms, allowed_origins";
 
 fn read_tenant(row: &Row) -> Result<Tenant, StoreError> {
     let tier: &str = row.try_get("max_tier")?;
@@ -216,7 +219,9 @@ fn read_tenant(row: &Row) -> Result<Tenant, StoreError> {
             max_audio_seconds_per_day: limit(row, "max_audio_seconds_per_day")?,
             max_message_bytes: limit(row, "max_message_bytes")?,
             max_session_seconds: limit(row, "max_session_seconds")?,
+            max_frame_ms: limit(row, "max_frame_ms")?,
         },
+        allowed_origins: parse_origins(row.try_get("allowed_origins")?)?,
     })
 }
 
@@ -328,7 +333,7 @@ impl Store for PostgresStore {
             .client()
             .execute(
                 &format!(
-                    "INSERT INTO tenants ({TENANT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                    "INSERT INTO tenants ({TENANT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
                      ON CONFLICT DO NOTHING"
                 ),
                 &[
@@ -342,6 +347,8 @@ impl Store for PostgresStore {
                     &to_i64(tenant.limits.max_audio_seconds_per_day),
                     &i64::from(tenant.limits.max_message_bytes),
                     &i64::from(tenant.limits.max_session_seconds),
+                    &i64::from(tenant.limits.max_frame_ms),
+                    &origins_json(&tenant.allowed_origins)?,
                 ],
             )
             .await?;

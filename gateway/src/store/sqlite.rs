@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::api_key::sha256_hex;
-use super::types::{check_audio, check_transcript, parse_tier, tier_name};
+use super::types::{check_audio, check_transcript, origins_json, parse_origins, parse_tier, tier_name};
 use super::{
     ApiKeyHash, AuditAction, AuditEntry, AudioRecord, ConsentRecord, ConsentScope, DeletedCounts, PurgeSummary,
     SessionId, SessionRecord, Store, StoreError, StoreOutcome, Tenant, TenantId, TenantLimits, Timestamp,
@@ -24,7 +24,10 @@ use super::{
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/sqlite/0001_init.sql"),
+    include_str!("../../migrations/sqlite/0002_tenant_frames_origins.sql"),
+];
 
 /// How long a statement waits for a lock held by another process that opened
 /// the same file, before failing with "database is locked".
@@ -162,7 +165,7 @@ fn limit<T: TryFrom<i64>>(field: &str, value: i64) -> Result<T> {
 
 const TENANT_COLUMNS: &str = "id, name, max_tier, transcript_retention_secs, audio_retention_secs, \
      max_concurrent_sessions, max_new_sessions_per_minute, max_audio_seconds_per_day, max_message_bytes, \
-     max_session_seconds";
+     max_session_seconds, max_frame_ms, allowed_origins";
 
 fn read_tenant(row: &rusqlite::Row<'_>) -> Result<Tenant> {
     let id: String = row.get(0)?;
@@ -179,7 +182,9 @@ fn read_tenant(row: &rusqlite::Row<'_>) -> Result<Tenant> {
             max_audio_seconds_per_day: limit("max_audio_seconds_per_day", row.get(7)?)?,
             max_message_bytes: limit("max_message_bytes", row.get(8)?)?,
             max_session_seconds: limit("max_session_seconds", row.get(9)?)?,
+            max_frame_ms: limit("max_frame_ms", row.get(10)?)?,
         },
+        allowed_origins: parse_origins(&row.get::<_, String>(11)?)?,
     })
 }
 
@@ -261,7 +266,7 @@ impl Store for SqliteStore {
         self.call(move |connection| {
             let inserted = connection.execute(
                 &format!(
-                    "INSERT INTO tenants ({TENANT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+                    "INSERT INTO tenants ({TENANT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
                      ON CONFLICT DO NOTHING"
                 ),
                 params![
@@ -275,6 +280,8 @@ impl Store for SqliteStore {
                     to_i64(tenant.limits.max_audio_seconds_per_day),
                     tenant.limits.max_message_bytes,
                     tenant.limits.max_session_seconds,
+                    tenant.limits.max_frame_ms,
+                    origins_json(&tenant.allowed_origins)?,
                 ],
             )?;
             if inserted == 0 {

@@ -137,11 +137,19 @@ pub struct TenantLimits {
     pub max_message_bytes: u32,
     /// Maximum session length, in seconds.
     pub max_session_seconds: u32,
+    /// Longest audio frame (one binary message), in milliseconds.
+    #[serde(default = "default_max_frame_ms")]
+    pub max_frame_ms: u32,
+}
+
+fn default_max_frame_ms() -> u32 {
+    120
 }
 
 impl Default for TenantLimits {
     /// Modest limits for a new tenant: 10 sessions at once, 30 new sessions a
-    /// minute, 10 hours of audio a day, 64 KiB messages, 1-hour sessions.
+    /// minute, 10 hours of audio a day, 64 KiB messages, 1-hour sessions,
+    /// 120 ms frames.
     fn default() -> Self {
         TenantLimits {
             max_concurrent_sessions: 10,
@@ -149,6 +157,7 @@ impl Default for TenantLimits {
             max_audio_seconds_per_day: 10 * 3600,
             max_message_bytes: 64 * 1024,
             max_session_seconds: 3600,
+            max_frame_ms: default_max_frame_ms(),
         }
     }
 }
@@ -168,6 +177,10 @@ pub struct Tenant {
     pub audio_retention: Duration,
     /// Limits on its sessions.
     pub limits: TenantLimits,
+    /// Browser origins (such as `https://app.example.com`) allowed to open
+    /// sessions; a request without an `Origin` header is not checked.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
 }
 
 /// The kinds of data a user has agreed may be stored. Both false means nothing is stored,
@@ -393,6 +406,16 @@ pub(crate) fn tier_name(tier: PrivacyTier) -> &'static str {
         PrivacyTier::SelfHosted => "self_hosted",
         PrivacyTier::Cloud => "cloud",
     }
+}
+
+/// Encodes allowed origins as stored: a JSON array of strings.
+pub(crate) fn origins_json(origins: &[String]) -> Result<String, StoreError> {
+    serde_json::to_string(origins).map_err(|error| StoreError::Corrupt { what: format!("cannot encode allowed origins: {error}") })
+}
+
+/// Parses allowed origins as stored.
+pub(crate) fn parse_origins(value: &str) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(value).map_err(|error| StoreError::Corrupt { what: format!("allowed_origins is not a JSON array of strings: {error}") })
 }
 
 /// Checks a transcript against the size limit.

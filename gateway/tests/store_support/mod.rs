@@ -146,6 +146,7 @@ pub fn tenant(label: &str, transcript_retention: Duration, audio_retention: Dura
         transcript_retention,
         audio_retention,
         limits: TenantLimits::default(),
+        allowed_origins: vec!["https://app.example.test".to_owned()],
     }
 }
 
