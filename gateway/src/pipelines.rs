@@ -12,7 +12,9 @@
 //! - [`scripted::LoadTestPipeline`]: the real audio front and WebRTC VAD,
 //!   then scripted STT, LLM and TTS stages of fixed latency. It measures the
 //!   gateway itself and is the pipeline of the load and fault tests.
-//! - `on_device::OnDevicePipeline` (feature `on-device`): Whisper, llama.cpp and flite.
+//! - `on_device::OnDevicePipeline` (feature `on-device`): Whisper, llama.cpp
+//!   and flite, with models shared between sessions where the stages allow
+//!   and a bound on concurrent sessions.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -114,6 +116,14 @@ pub enum PipelineBuildError {
     /// The graph is invalid, or a stage reaches further than the tier allows.
     #[error(transparent)]
     Graph(#[from] GraphError),
+    /// The pipeline already runs as many sessions as it allows at once.
+    #[error("the {pipeline} pipeline is at its session limit (max_sessions = {max_sessions}) on this server; retry when a session ends, or connect to another gateway process")]
+    Busy {
+        /// The pipeline's name.
+        pipeline: String,
+        /// Its bound on concurrent sessions.
+        max_sessions: usize,
+    },
 }
 
 /// Builds one pipeline per session.
