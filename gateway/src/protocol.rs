@@ -58,6 +58,9 @@ pub enum CloseCode {
     MessageTooBig = 1009,
     /// The server failed in a way that is not the client's fault.
     InternalError = 1011,
+    /// The server cannot take the session now, such as a pipeline at its
+    /// session limit; try again later (RFC 6455 registered code).
+    TryAgainLater = 1013,
     /// A client message is invalid; the preceding error event names the field.
     InvalidMessage = 4000,
     /// The client missed two pongs in a row.
@@ -88,6 +91,7 @@ impl CloseCode {
             CloseCode::InvalidPayload,
             CloseCode::MessageTooBig,
             CloseCode::InternalError,
+            CloseCode::TryAgainLater,
             CloseCode::InvalidMessage,
             CloseCode::PingTimeout,
             CloseCode::SessionTimeLimit,

@@ -231,6 +231,11 @@ where
     let built = tokio::task::spawn_blocking(move || factory.build(&request)).await;
     let SessionPipeline { pipeline, input, output } = match built {
         Ok(Ok(pipeline)) => pipeline,
+        Ok(Err(error @ crate::pipelines::PipelineBuildError::Busy { .. })) => {
+            tracing::warn!(%error, "the pipeline is at its session limit");
+            let ending = Ending::error(CloseCode::TryAgainLater, ErrorCode::LimitExceeded, error.to_string(), "pipeline_busy");
+            return finish_early(&mut ws, ending, services).await;
+        }
         Ok(Err(error)) => {
             tracing::error!(%error, "cannot build the pipeline");
             let ending = Ending::error(CloseCode::InternalError, ErrorCode::Internal, format!("cannot build the pipeline: {error}"), "pipeline_build_failed");

@@ -194,6 +194,16 @@ async fn first_answer(ws: &mut WebSocketStream<MaybeTls>) -> ServerEvent {
     }
 }
 
+/// Reads until the server closes; returns the close code.
+async fn close_code(mut ws: WebSocketStream<MaybeTls>) -> Option<u16> {
+    while let Some(message) = tokio::time::timeout(Duration::from_secs(30), ws.next()).await.expect("close in time") {
+        if let Ok(Message::Close(frame)) = message {
+            return frame.map(|frame| u16::from(frame.code));
+        }
+    }
+    None
+}
+
 /// Sends `stop` and reads until the server closes; returns the close code.
 async fn stop(mut ws: WebSocketStream<MaybeTls>) -> Option<u16> {
     let stop = serde_json::to_string(&ClientMessage::Stop).expect("stop JSON");
@@ -221,18 +231,18 @@ async fn on_device_sessions_are_bounded() {
     let mut second = open_session(&gateway).await;
     match first_answer(&mut second).await {
         ServerEvent::Error { code, message, fatal, .. } => {
-            assert_eq!(code, ErrorCode::Internal);
+            assert_eq!(code, ErrorCode::LimitExceeded);
             assert!(message.contains("on-device pipeline is at its session limit (max_sessions = 1)"), "{message}");
             assert!(fatal);
         }
         other => panic!("expected an error, got {other:?}"),
     }
+    assert_eq!(close_code(second).await, Some(CloseCode::TryAgainLater.code()), "the busy session is closed with 1013");
 
     // Once the first session ends, its slot is free again.
     assert_eq!(stop(first).await, Some(CloseCode::Normal.code()));
     let mut third = open_session(&gateway).await;
     assert!(matches!(first_answer(&mut third).await, ServerEvent::Ready { .. }), "the slot was not freed");
     assert_eq!(stop(third).await, Some(CloseCode::Normal.code()));
-    drop(second);
     assert!(gateway.running.shutdown().await, "sessions drained");
 }
