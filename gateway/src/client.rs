@@ -354,22 +354,26 @@ pub fn load_wav_mono_i16(path: &std::path::Path) -> Result<(Vec<i16>, u32), Clie
     Ok((track.to_i16(), track.format().sample_rate))
 }
 
+/// Resamples mono 16-bit audio from `input_rate` to `output_rate`.
+pub fn resample_i16(samples: &[i16], input_rate: u32, output_rate: u32) -> Result<Vec<i16>, ClientError> {
+    if input_rate == output_rate {
+        return Ok(samples.to_vec());
+    }
+    let resample_error = |error: &dyn std::fmt::Display| ClientError::Protocol(format!("cannot resample the audio: {error}"));
+    let floats: Vec<f32> = samples.iter().map(|&sample| f32::from(sample) / 32_768.0).collect();
+    let mut resampler =
+        mentis_stages::resample::StreamResampler::new(input_rate, output_rate, 1, mentis_stages::resample::ResamplerKind::Fft)
+            .map_err(|error| resample_error(&error))?;
+    let mut resampled = resampler.process(&floats).map_err(|error| resample_error(&error))?;
+    resampled.extend(resampler.flush().map_err(|error| resample_error(&error))?);
+    Ok(resampled.iter().map(|&sample| mentis_pipeline::frame::f32_to_i16(sample)).collect())
+}
+
 /// Resamples mono 16-bit audio from `input_rate` to `opus_rate` and encodes
 /// it as Opus packets of 20 ms for voice.
 pub fn encode_opus(samples: &[i16], input_rate: u32, opus_rate: u32) -> Result<Vec<Bytes>, ClientError> {
     let codec_error = |error: &dyn std::fmt::Display| ClientError::Protocol(format!("cannot encode Opus: {error}"));
-    let floats: Vec<f32> = samples.iter().map(|&sample| f32::from(sample) / 32_768.0).collect();
-    let resampled = if input_rate == opus_rate {
-        floats
-    } else {
-        let mut resampler =
-            mentis_stages::resample::StreamResampler::new(input_rate, opus_rate, 1, mentis_stages::resample::ResamplerKind::Fft)
-                .map_err(|error| codec_error(&error))?;
-        let mut out = resampler.process(&floats).map_err(|error| codec_error(&error))?;
-        out.extend(resampler.flush().map_err(|error| codec_error(&error))?);
-        out
-    };
-    let pcm: Vec<i16> = resampled.iter().map(|&sample| mentis_pipeline::frame::f32_to_i16(sample)).collect();
+    let pcm = resample_i16(samples, input_rate, opus_rate)?;
 
     let mut encoder = opus::Encoder::new(opus_rate, opus::Channels::Mono, opus::Application::Voip).map_err(|error| codec_error(&error))?;
     let frame_samples = opus_rate as usize / 50;

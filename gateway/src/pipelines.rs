@@ -2,8 +2,8 @@
 //!
 //! Every pipeline starts with the same audio front, built by
 //! [`add_audio_front`]: the client's frames enter through a lossless
-//! [`ChannelSource`], Opus is decoded, stereo is mixed down, the audio is
-//! resampled to 16 kHz, and an [`AudioMeter`] records each client frame's
+//! [`ChannelSource`], Opus is decoded straight to 16 kHz, stereo is mixed
+//! down, PCM at another rate is resampled to 16 kHz, and an [`AudioMeter`] records each client frame's
 //! latency up to that point. What follows is the factory's choice; every
 //! frame for the client leaves through one [`ChannelSink`] that the session
 //! drains.
@@ -320,16 +320,21 @@ pub fn add_audio_front(graph: &mut GraphBuilder, request: &PipelineRequest) -> R
     // short lossless edges suffice: 8 frames of 20 ms is 160 ms.
     let hop = EdgeConfig::lossless(8);
 
-    // Opus packets become float PCM at the client's rate.
+    // Opus packets become float PCM at the speech rate: libopus decodes
+    // straight to 16 kHz, which costs less than decoding at the client's
+    // rate and resampling.
     let mut format = match request.input.encoding {
         AudioEncoding::Pcm16 => AudioFormat { sample_rate: request.input.sample_rate, channels: request.input.channels, sample_format: SampleFormat::I16 },
         AudioEncoding::Opus => {
             let format = AudioFormat { sample_rate: request.input.sample_rate, channels: request.input.channels, sample_format: SampleFormat::F32 };
-            let decoder = OpusDecoder::new(stage_name("opus-decode")?, format).map_err(|error| stage_error("opus-decode", &error))?;
+            let decoder = OpusDecoder::new(stage_name("opus-decode")?, format)
+                .and_then(|decoder| decoder.with_output_rate(SPEECH_RATE))
+                .map_err(|error| stage_error("opus-decode", &error))?;
+            let decoded = decoder.output_format();
             let decoder = graph.add(mentis_pipeline::processor(decoder));
             graph.connect(node, decoder, hop);
             node = decoder;
-            format
+            decoded
         }
     };
 

@@ -483,3 +483,27 @@ proptest! {
         fuzz_opus_decoder(&data);
     }
 }
+
+#[test]
+fn decodes_48_khz_packets_straight_to_16_khz() {
+    let packets = code0_packets(10, false);
+    let decoder = decoder(mono()).with_output_rate(16_000).unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(decoder.output_format().sample_rate, 16_000);
+    let mut harness = Harness::new(decoder);
+    let mut output = Vec::new();
+    for (index, packet) in packets.into_iter().enumerate() {
+        let timestamp = MediaTime::from_duration(Duration::from_millis(20 * index as u64));
+        output.extend(harness.push(packet_frame(timestamp, Duration::from_millis(20), packet)));
+    }
+    for frame in &output {
+        assert_eq!(frame.as_audio().map(|audio| audio.format().sample_rate), Some(16_000));
+    }
+    // Ten 20 ms packets give 200 ms: 3,200 samples at 16 kHz.
+    let samples = samples_of(&output);
+    assert_eq!(samples.len(), 3_200);
+    // libopus decoding at 16 kHz matches decoding at 48 kHz and keeping every third sample, roughly.
+    let full_rate = decode_each(&code0_packets(10, false));
+    let energy = |signal: &[f32]| signal.iter().map(|sample| sample * sample).sum::<f32>() / signal.len() as f32;
+    let ratio = energy(&samples) / energy(&full_rate);
+    assert!((0.7..1.3).contains(&ratio), "energy ratio {ratio}");
+}

@@ -84,7 +84,10 @@ impl LogLimiter {
 /// next packet.
 pub struct OpusDecoder {
     name: StageName,
+    /// The emitted format.
     format: AudioFormat,
+    /// The rate the packets declare, which may differ from the emitted rate.
+    packet_rate: u32,
     decoder: ::opus::Decoder,
     /// Decoded samples of one packet, interleaved, sized for the longest packet.
     pcm: Vec<f32>,
@@ -131,6 +134,7 @@ impl OpusDecoder {
         let pcm_frames = format.frames_in(MAX_PACKET_DURATION);
         Ok(OpusDecoder {
             format,
+            packet_rate: format.sample_rate,
             decoder,
             pcm: vec![0.0; pcm_frames * usize::from(format.channels)],
             pcm_frames,
@@ -144,6 +148,18 @@ impl OpusDecoder {
             gap_log: LogLimiter::default(),
             name,
         })
+    }
+
+    /// Returns the decoder emitting at `rate` (one of
+    /// [`OPUS_RATES`](super::OPUS_RATES)) while the packets still declare the
+    /// rate given to [`OpusDecoder::new`]. libopus decodes straight to any of
+    /// its rates, which costs less than decoding at 48 kHz and resampling.
+    pub fn with_output_rate(self, rate: u32) -> Result<Self, OpusBuildError> {
+        let packet_rate = self.packet_rate;
+        let format = AudioFormat { sample_rate: rate, ..self.format };
+        let mut decoder = OpusDecoder::new(self.name, format)?;
+        decoder.packet_rate = packet_rate;
+        Ok(decoder)
     }
 
     /// Returns the format the stage emits.
@@ -313,7 +329,7 @@ impl Processor for OpusDecoder {
     fn spec(&self) -> StageSpec {
         let input = PortFormat::Encoded {
             codec: Codec::Opus,
-            sample_rate: self.format.sample_rate,
+            sample_rate: self.packet_rate,
             channels: self.format.channels,
         };
         StageSpec::new(self.name.clone(), input, PortFormat::Audio(self.format))
@@ -328,13 +344,13 @@ impl Processor for OpusDecoder {
             )));
         };
         if packet.codec != Codec::Opus
-            || packet.sample_rate != self.format.sample_rate
+            || packet.sample_rate != self.packet_rate
             || packet.channels != self.format.channels
         {
             return Err(StageError::config(format!(
                 "stage {} was built for Opus at {} Hz with {} channels but received {:?} at {} Hz with {} channels",
                 self.name,
-                self.format.sample_rate,
+                self.packet_rate,
                 self.format.channels,
                 packet.codec,
                 packet.sample_rate,
