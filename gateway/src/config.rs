@@ -52,6 +52,25 @@ pub struct GatewayConfig {
     /// gateway processes. Without it, limits are counted in this process.
     #[serde(default)]
     pub redis: Option<RedisSection>,
+    /// Settings of the `on-device` pipeline (builds with the `on-device` feature).
+    #[serde(default)]
+    pub on_device: OnDeviceSection,
+}
+
+/// Settings of the `on-device` pipeline; a missing key keeps its default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnDeviceSection {
+    /// Sessions of the pipeline running at once in this process (default 4).
+    /// Each holds a llama.cpp context of about 150 MiB.
+    #[serde(default)]
+    pub max_sessions: Option<usize>,
+    /// Maximum tokens per reply.
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    /// The LLM's system prompt.
+    #[serde(default)]
+    pub system_prompt: Option<String>,
 }
 
 /// The store's database.
@@ -383,6 +402,15 @@ mod tests {
         config.settings().expect("valid settings");
         config.tenants().expect("valid tenants");
         assert_eq!(config.pipelines, ["loadtest"]);
+        assert_eq!(config.on_device.max_sessions, Some(4));
+        assert_eq!(config.on_device.max_tokens, Some(64));
+    }
+
+    #[test]
+    fn on_device_section_rejects_unknown_keys() {
+        let text = include_str!("../config/gateway.toml").replace("max_sessions = 4", "max_session = 4");
+        let error = GatewayConfig::parse(&text).expect_err("a misspelled key");
+        assert!(error.to_string().contains("max_session"), "{error}");
     }
 
     #[test]

@@ -249,7 +249,7 @@ async fn serve(path: &std::path::Path) -> Result<(), BoxError> {
         pipelines = match name.as_str() {
             "loadtest" => pipelines.with("loadtest", LoadTestPipeline::new(LoadTestConfig::default())),
             #[cfg(feature = "on-device")]
-            "on-device" => pipelines.with("on-device", mentis_gateway::pipelines::on_device::OnDevicePipeline::default()),
+            "on-device" => pipelines.with("on-device", on_device_pipeline(&config.on_device).await?),
             other => return Err(format!("unknown pipeline {other:?} in `pipelines`; this build has \"loadtest\"{}", on_device_hint()).into()),
         };
     }
@@ -303,6 +303,33 @@ async fn shutdown_signal() -> std::io::Result<()> {
     {
         tokio::signal::ctrl_c().await
     }
+}
+
+/// Builds the on-device pipeline from its settings and loads its models
+/// now, so that a missing model fails the start, not the first session.
+#[cfg(feature = "on-device")]
+async fn on_device_pipeline(
+    section: &mentis_gateway::config::OnDeviceSection,
+) -> Result<mentis_gateway::pipelines::on_device::OnDevicePipeline, BoxError> {
+    use mentis_gateway::pipelines::on_device::{OnDeviceConfig, OnDevicePipeline};
+    let mut config = OnDeviceConfig::default();
+    if let Some(max_sessions) = section.max_sessions {
+        if max_sessions == 0 {
+            return Err("invalid [on_device] max_sessions = 0; allow at least 1 session".into());
+        }
+        config.max_sessions = max_sessions;
+    }
+    if let Some(max_tokens) = section.max_tokens {
+        config.max_tokens = max_tokens;
+    }
+    if let Some(prompt) = &section.system_prompt {
+        config.system_prompt.clone_from(prompt);
+    }
+    let pipeline = OnDevicePipeline::new(config);
+    // No session runs yet, so blocking this thread for the load is harmless.
+    tokio::task::block_in_place(|| pipeline.load_models())?;
+    tracing::info!("on-device models loaded");
+    Ok(pipeline)
 }
 
 fn on_device_hint() -> &'static str {
