@@ -260,7 +260,9 @@ where
     let start = serde_json::to_string(&ClientMessage::Start(plan.start.clone())).map_err(|error| ClientError::Protocol(error.to_string()))?;
     ws.send(Message::text(start)).await?;
 
-    let began = Instant::now();
+    // The real-time clock starts when the server is ready, so a pipeline that
+    // is slow to build does not make the first frames go out in a burst.
+    let mut began = Instant::now();
     let mut next_frame = 0_usize;
     let mut stop_sent = false;
     let mut ended_turn: Option<(u64, Instant)> = None;
@@ -285,7 +287,10 @@ where
                     Message::Text(text) => {
                         let event: ServerEvent = serde_json::from_str(&text).map_err(|error| ClientError::Protocol(format!("{error}: {text}")))?;
                         match &event {
-                            ServerEvent::Ready { .. } => ready = true,
+                            ServerEvent::Ready { .. } => {
+                                ready = true;
+                                began = Instant::now();
+                            }
                             ServerEvent::EndOfTurn { turn } => ended_turn = Some((*turn, Instant::now())),
                             _ => {}
                         }
