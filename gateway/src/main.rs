@@ -4,8 +4,10 @@
 //! with a `[store]`, the privacy records API and the retention purge.
 //! `mentis-gateway --config FILE create-tenant --id acme --tier self_hosted`
 //! creates a tenant in the store and prints its first API key once;
-//! `add-key --tenant acme` prints another. `printf %s "$KEY" | mentis-gateway
-//! hash-key` prints the SHA-256 digest of a key for a config without a store.
+//! `add-key --tenant acme` prints another, and `printf %s "$KEY" |
+//! mentis-gateway --config FILE revoke-key --tenant acme` revokes one.
+//! `printf %s "$KEY" | mentis-gateway hash-key` prints the SHA-256 digest of
+//! a key for a config without a store.
 
 use std::io::Read as _;
 use std::path::PathBuf;
@@ -56,6 +58,14 @@ enum Command {
         /// A label for operators, such as where the key is used.
         #[arg(long, default_value = "created by mentis-gateway add-key")]
         label: String,
+    },
+    /// Read an API key from standard input and revoke it in the store: it
+    /// can no longer get session tokens (tokens already issued run out at
+    /// their expiry).
+    RevokeKey {
+        /// The tenant id.
+        #[arg(long)]
+        tenant: String,
     },
 }
 
@@ -123,6 +133,7 @@ fn main() -> ExitCode {
             Command::Serve => serve(&config).await,
             Command::CreateTenant(args) => create_tenant(&config, args).await,
             Command::AddKey { tenant, label } => add_key(&config, &tenant, &label).await,
+            Command::RevokeKey { tenant } => revoke_key(&config, &tenant).await,
             Command::HashKey => Ok(()),
         }
     });
@@ -209,6 +220,30 @@ async fn add_key(config: &std::path::Path, tenant: &str, label: &str) -> Result<
     print_new_key(store.as_ref(), &tenant, label).await
 }
 
+async fn revoke_key(config: &std::path::Path, tenant: &str) -> Result<(), BoxError> {
+    let store = require_store(config).await?;
+    let tenant = TenantId::new(tenant)?;
+    let key = read_key_from_stdin()?;
+    let hash = mentis_gateway::store::ApiKeyHash::of(key.expose());
+    if !store.revoke_api_key(&tenant, &hash).await? {
+        return Err(format!("no active key of tenant {tenant} matches the key on standard input; nothing was revoked").into());
+    }
+    tracing::info!(%tenant, "API key revoked");
+    println!("revoked");
+    Ok(())
+}
+
+/// Reads an API key from standard input, trimmed; an empty input is an error.
+fn read_key_from_stdin() -> Result<Secret, BoxError> {
+    let mut key = String::new();
+    std::io::stdin().read_to_string(&mut key).map_err(|error| format!("cannot read the key from standard input: {error}"))?;
+    let key = Secret::new(key.trim());
+    if key.expose().is_empty() {
+        return Err("no key on standard input; pipe the key in, as in `printf %s \"$KEY\" | mentis-gateway ...`".into());
+    }
+    Ok(key)
+}
+
 /// Stores a new key's digest and prints the key: the only time it is shown.
 async fn print_new_key(store: &dyn Store, tenant: &TenantId, label: &str) -> Result<(), BoxError> {
     let key = generate_api_key()?;
@@ -219,18 +254,16 @@ async fn print_new_key(store: &dyn Store, tenant: &TenantId, label: &str) -> Res
 }
 
 fn hash_key() -> ExitCode {
-    let mut key = String::new();
-    if let Err(error) = std::io::stdin().read_to_string(&mut key) {
-        eprintln!("error: cannot read the key from standard input: {error}");
-        return ExitCode::FAILURE;
+    match read_key_from_stdin() {
+        Ok(key) => {
+            println!("{}", KeyDigest::of(&key).to_hex());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
     }
-    let key = Secret::new(key.trim());
-    if key.expose().is_empty() {
-        eprintln!("error: no key on standard input; pipe the key in, as in `printf %s \"$KEY\" | mentis-gateway hash-key`");
-        return ExitCode::FAILURE;
-    }
-    println!("{}", KeyDigest::of(&key).to_hex());
-    ExitCode::SUCCESS
 }
 
 async fn serve(path: &std::path::Path) -> Result<(), BoxError> {
