@@ -418,3 +418,45 @@ async fn a_self_hosted_pipeline_refuses_a_public_endpoint_before_connecting() {
     assert!(error.to_string().contains("public address 203.0.113.9"), "{error}");
     assert!(harness.egress.records().is_empty(), "no connection was opened");
 }
+
+#[tokio::test]
+async fn an_interrupt_behind_a_full_queue_still_stops_the_reply() {
+    let server = TestServer::http(None, |_| async {
+        let (sender, body) = streamed();
+        tokio::spawn(async move {
+            for _ in 0..1000 {
+                if sender.send(Bytes::from(openai_chunk("word "))).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        sse_response(body)
+    })
+    .await;
+    let stage = llm(OpenAiChat::compatible("local"), endpoint(&server, "/v1", Hosting::SelfHosted, None), history());
+    let log = stage.reply_log();
+    let mut harness = Harness::start(stage, PrivacyTier::SelfHosted);
+    harness.send(1, final_transcript("Talk")).await;
+    harness.until(Duration::from_secs(5), |frame| matches!(frame.payload, Payload::Text(_))).await;
+
+    // More frames than the stage keeps while it streams: it stops reading them.
+    let partial = Payload::Transcript(Transcript {
+        kind: TranscriptKind::Partial,
+        text: "and".to_owned(),
+        start: MediaTime::ZERO,
+        end: MediaTime::ZERO,
+        confidence: None,
+    });
+    for _ in 0..(mentis_stages::llm::remote::MAX_QUEUED_FRAMES + 100) {
+        harness.send(2, partial.clone()).await;
+    }
+    let interrupted = Instant::now();
+    harness.send(1, Payload::Control(Control::Interrupt)).await;
+    let closed = eventually(Duration::from_millis(150), || server.open.load(Ordering::SeqCst) == 0).await;
+    assert!(closed, "the server still streams {:?} after the interrupt", interrupted.elapsed());
+    assert_eq!(log.for_turn(TurnId(1)).map(|r| r.outcome), Some(ReplyOutcome::Interrupted));
+    // The interrupt waited in the inbox behind the queue; it is still forwarded.
+    let rest = harness.until(Duration::from_secs(5), |frame| matches!(frame.payload, Payload::Control(Control::Interrupt))).await;
+    assert!(rest.iter().any(|frame| matches!(frame.payload, Payload::Control(Control::Interrupt))), "the interrupt is forwarded");
+}

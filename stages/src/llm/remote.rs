@@ -240,6 +240,9 @@ struct Reply {
     text: String,
     sent_any: bool,
     reason: Option<String>,
+    /// Set when an interrupt stopped the reply.
+    interrupted: bool,
+    /// The interrupt frame to forward, when the stage took it from the inbox.
     interrupt: Option<Frame>,
     partial: Option<String>,
 }
@@ -324,6 +327,7 @@ impl<P: ChatProtocol> RemoteLlm<P> {
             text: String::new(),
             sent_any: false,
             reason: None,
+            interrupted: false,
             interrupt: None,
             partial: None,
         };
@@ -338,7 +342,8 @@ impl<P: ChatProtocol> RemoteLlm<P> {
             let response = tokio::select! {
                 result = send(&connector, request) => result,
                 interrupt = watch_inbox(io, turn, queued) => {
-                    reply.interrupt = Some(interrupt);
+                    reply.interrupted = true;
+                    reply.interrupt = interrupt;
                     break;
                 }
             };
@@ -366,7 +371,8 @@ impl<P: ChatProtocol> RemoteLlm<P> {
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 interrupt = watch_inbox(io, turn, queued) => {
-                    reply.interrupt = Some(interrupt);
+                    reply.interrupted = true;
+                    reply.interrupt = interrupt;
                     break;
                 }
             }
@@ -391,9 +397,10 @@ impl<P: ChatProtocol> RemoteLlm<P> {
             let chunk = tokio::select! {
                 chunk = response.chunk() => chunk,
                 interrupt = watch_inbox(io, reply.turn, queued) => {
+                    reply.interrupted = true;
                     // Dropping the response closes the socket. The reply keeps what arrived.
                     drop(response);
-                    reply.interrupt = Some(interrupt);
+                    reply.interrupt = interrupt;
                     return Ok(None);
                 }
             };
@@ -461,7 +468,7 @@ impl<P: ChatProtocol> RemoteLlm<P> {
     /// Forwards an interrupt that stopped the reply, sends the last delta,
     /// and records the reply in the history and the log.
     async fn end_turn(&mut self, io: &mut StageIo, reply: Reply, attempts: u32) -> Result<(), StageError> {
-        let interrupted = reply.interrupt.is_some();
+        let interrupted = reply.interrupted;
         if let Some(interrupt) = reply.interrupt {
             io.outbox.send(interrupt).await?;
         }
@@ -483,17 +490,34 @@ impl<P: ChatProtocol> RemoteLlm<P> {
     }
 }
 
-/// Reads the inbox while a request runs, and returns the first interrupt
-/// for `turn` or a later one. Every other frame is queued for after the
-/// reply. At end of stream it never returns: the reply in flight finishes
-/// first. Only receives, so dropping it mid-wait loses nothing.
-async fn watch_inbox(io: &mut StageIo, turn: TurnId, queued: &mut VecDeque<Frame>) -> Frame {
+/// Frames a reply in flight keeps for later: transcripts and events that
+/// arrive while it streams. Past this the stage stops reading its inbox, so
+/// the bounded edge in front of it applies backpressure again.
+pub const MAX_QUEUED_FRAMES: usize = 256;
+
+/// How often a stage with a full queue checks whether its turn was interrupted.
+const INTERRUPT_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Reads the inbox while a request runs, and returns once the reply of
+/// `turn` is interrupted: with the interrupt frame when it was read here,
+/// or `None` when the queue was full and the interrupt is still in the
+/// inbox. Every other frame is queued for after the reply. At end of
+/// stream it never returns: the reply in flight finishes first. Only
+/// receives, so dropping it mid-wait loses nothing.
+async fn watch_inbox(io: &mut StageIo, turn: TurnId, queued: &mut VecDeque<Frame>) -> Option<Frame> {
     loop {
+        if queued.len() >= MAX_QUEUED_FRAMES {
+            let watch = io.inbox.interrupt_watch();
+            while !watch.should_stop(turn) {
+                tokio::time::sleep(INTERRUPT_POLL).await;
+            }
+            return None;
+        }
         let Some(frame) = io.inbox.recv().await else {
             return std::future::pending().await;
         };
         if matches!(frame.payload, Payload::Control(Control::Interrupt)) && frame.meta.turn >= turn {
-            return frame;
+            return Some(frame);
         }
         queued.push_back(frame);
     }
