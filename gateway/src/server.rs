@@ -112,6 +112,50 @@ struct State_ {
     draining: AtomicBool,
     sessions: TaskTracker,
     session_slots: Arc<Semaphore>,
+    /// Slots of this server each tenant holds now.
+    tenant_slots: Arc<parking_lot::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+/// The share of this server's session slots kept free for other tenants:
+/// one tenant may hold at most `max_sessions` minus this many, so its load
+/// alone can never take the last slots. A tenth, and at least one.
+pub fn reserved_slots(max_sessions: usize) -> usize {
+    (max_sessions / 10).max(1).min(max_sessions.saturating_sub(1))
+}
+
+/// One tenant's hold on a server slot; released when dropped.
+struct TenantSlot {
+    tenant: String,
+    slots: Arc<parking_lot::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+impl TenantSlot {
+    /// Takes a slot for `tenant` unless it already holds `most`.
+    fn acquire(
+        slots: &Arc<parking_lot::Mutex<std::collections::HashMap<String, usize>>>,
+        tenant: &str,
+        most: usize,
+    ) -> Option<TenantSlot> {
+        let mut held = slots.lock();
+        let count = held.entry(tenant.to_owned()).or_insert(0);
+        if *count >= most {
+            return None;
+        }
+        *count += 1;
+        Some(TenantSlot { tenant: tenant.to_owned(), slots: Arc::clone(slots) })
+    }
+}
+
+impl Drop for TenantSlot {
+    fn drop(&mut self) {
+        let mut held = self.slots.lock();
+        if let Some(count) = held.get_mut(&self.tenant) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                held.remove(&self.tenant);
+            }
+        }
+    }
 }
 
 type Shared = Arc<State_>;
@@ -197,6 +241,7 @@ impl GatewayBuilder {
             signer: self.signer,
             metrics,
             session_slots: Arc::new(Semaphore::new(self.settings.max_sessions)),
+            tenant_slots: Arc::default(),
             settings: self.settings,
             services,
             draining: AtomicBool::new(false),
@@ -580,6 +625,14 @@ async fn open_session(State(state): State<Shared>, mut request: Request) -> Resp
     }
 
     // Room on this server and within the tenant's limits.
+    let max_sessions = state.settings.max_sessions;
+    let tenant_most = max_sessions - reserved_slots(max_sessions);
+    let Some(tenant_slot) = TenantSlot::acquire(&state.tenant_slots, tenant.id(), tenant_most) else {
+        let message = format!(
+            "this tenant holds {tenant_most} of this server's {max_sessions} session slots, the most one tenant may; the rest are kept for other tenants, so retry later or on another server"
+        );
+        return reject(&state, StatusCode::SERVICE_UNAVAILABLE, "server_tenant_share", tenant.id(), message);
+    };
     let Ok(slot) = Arc::clone(&state.session_slots).try_acquire_owned() else {
         let message = format!("the server runs its maximum of {} sessions; retry later", state.settings.max_sessions);
         return reject(&state, StatusCode::SERVICE_UNAVAILABLE, "server_full", tenant.id(), message);
@@ -610,7 +663,7 @@ async fn open_session(State(state): State<Shared>, mut request: Request) -> Resp
     let context = SessionContext { tenant, claims, id, numeric_id, lease };
     let services = state.services.clone();
     state.sessions.spawn(async move {
-        let _slot = slot;
+        let _slot = (slot, tenant_slot);
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(error) => {

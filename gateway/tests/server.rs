@@ -395,3 +395,36 @@ async fn shutdown_closes_sessions_1001() {
     assert_eq!(close, Some(CloseCode::GoingAway.code()), "{events:?}");
     assert!(drained.await.expect("task"));
 }
+
+#[tokio::test]
+async fn one_tenant_cannot_take_the_last_server_slots() {
+    // 4 slots on the server, 1 kept from any single tenant; acme's own limit is higher.
+    let settings = ServerSettings { max_sessions: 4, ..ServerSettings::default() };
+    let acme = Limits { max_concurrent_sessions: 10, ..acme_limits() };
+    let gateway = TestGateway::start(settings, acme, Limits::default()).await;
+    assert_eq!(mentis_gateway::server::reserved_slots(4), 1);
+
+    let acme = gateway.token(ACME_KEY, "user-1").await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(gateway.endpoint.connect(&acme, None).await.expect("within the tenant's share"));
+    }
+    let error = gateway.endpoint.connect(&acme, None).await.expect_err("the last slot is kept for others");
+    assert_eq!(handshake_status(&error), Some(503));
+    assert_eq!(gateway.running.metrics().rejections("server_tenant_share"), 1);
+
+    // Another tenant still gets the slot acme could not take.
+    let globex = gateway.token(GLOBEX_KEY, "user-2").await;
+    let ws = gateway.endpoint.connect(&globex, None).await.expect("the kept slot");
+    let start = start_message("loadtest", PrivacyTier::OnDevice, AudioEncoding::Pcm16, 16_000);
+    let record = stream_session(ws, &plan(start, recording_frames(), false), |_| {}).await.expect("session");
+    assert_eq!(record.close_code, Some(CloseCode::Normal.code()));
+
+    // Closing an acme session gives acme its share back.
+    let mut first = open.remove(0);
+    first.close(None).await.expect("close");
+    drop(first);
+    let metrics = gateway.running.metrics();
+    assert!(eventually(Duration::from_secs(1), || metrics.active_sessions() == 2).await);
+    gateway.endpoint.connect(&acme, None).await.expect("room after close");
+}
