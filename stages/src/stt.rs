@@ -110,6 +110,58 @@ pub trait Recognizer: Send + 'static {
     fn cancel_utterance(&mut self);
 }
 
+/// The audio of one utterance for a recognizer that decodes it whole at the
+/// end, as float samples at [`SAMPLE_RATE`], capped at a maximum length.
+/// Audio beyond the cap is dropped, counted, and warned about once.
+#[derive(Debug, Clone)]
+pub struct UtteranceBuffer {
+    samples: Vec<f32>,
+    max_samples: usize,
+    dropped_samples: usize,
+}
+
+impl UtteranceBuffer {
+    /// Creates an empty buffer that keeps at most `max_utterance` of audio.
+    pub fn new(max_utterance: Duration) -> Self {
+        let max_samples = samples_in(max_utterance);
+        UtteranceBuffer { samples: Vec::new(), max_samples, dropped_samples: 0 }
+    }
+
+    /// Empties the buffer for a new utterance, keeping its allocation.
+    pub fn clear(&mut self) {
+        self.samples.clear();
+        self.dropped_samples = 0;
+    }
+
+    /// Appends a block, converted to float, up to the cap.
+    pub fn accept(&mut self, samples: Pcm<'_>) {
+        let room = self.max_samples.saturating_sub(self.samples.len());
+        let taken = samples.len().min(room);
+        match samples {
+            Pcm::F32(block) => self.samples.extend_from_slice(&block[..taken]),
+            Pcm::I16(block) => self.samples.extend(block[..taken].iter().map(|&sample| f32::from(sample) / 32_768.0)),
+        }
+        let dropped = samples.len() - taken;
+        if dropped > 0 && self.dropped_samples == 0 {
+            tracing::warn!(
+                max_utterance_s = self.max_samples as f64 / f64::from(SAMPLE_RATE),
+                "utterance longer than the maximum; the rest of its audio is not transcribed"
+            );
+        }
+        self.dropped_samples += dropped;
+    }
+
+    /// Returns the buffered samples.
+    pub fn samples(&self) -> &[f32] {
+        &self.samples
+    }
+
+    /// Returns the samples dropped beyond the cap since the last clear.
+    pub fn dropped_samples(&self) -> usize {
+        self.dropped_samples
+    }
+}
+
 /// The result of recognizing one utterance.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Recognition {

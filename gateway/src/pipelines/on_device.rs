@@ -28,7 +28,7 @@ use std::sync::Arc;
 use mentis_pipeline::{AudioFormat, EdgeConfig, GraphBuilder, PortFormat, PrivacyPolicy, PrivacyTier, Processor};
 use mentis_stages::llm::{ConversationHistory, HistoryLimits, LlamaConfig, LlamaLlm};
 use mentis_stages::playback::EndOfSpeechMarker;
-use mentis_stages::stt::{Recognition, Recognizer, Stt, SttConfig, SttError, WhisperConfig, WhisperRecognizer};
+use mentis_stages::stt::{Recognition, Recognizer, Stt, SttConfig, SttError, UtteranceBuffer, WhisperConfig, WhisperRecognizer};
 use mentis_stages::text::SentenceAggregator;
 use mentis_stages::tts::FliteTts;
 use mentis_stages::vad::{Pcm, Vad, VadConfig, WebRtcConfig, WebRtcVad};
@@ -217,19 +217,15 @@ impl PipelineFactory for OnDevicePipeline {
 #[derive(Debug)]
 pub struct SessionWhisper {
     shared: Arc<Mutex<WhisperRecognizer>>,
-    /// The open utterance's audio at 16 kHz.
-    samples: Vec<f32>,
-    /// Samples beyond the model's `max_utterance` are dropped and counted here.
-    max_samples: usize,
-    dropped_samples: usize,
+    /// The open utterance's audio at 16 kHz, capped at the model's `max_utterance`.
+    utterance: UtteranceBuffer,
     _slot: OwnedSemaphorePermit,
 }
 
 impl SessionWhisper {
     fn new(shared: Arc<Mutex<WhisperRecognizer>>, slot: OwnedSemaphorePermit) -> Self {
         let max_utterance = shared.lock().config().max_utterance;
-        let max_samples = usize::try_from(max_utterance.as_millis() * u128::from(SPEECH_RATE) / 1_000).unwrap_or(usize::MAX);
-        SessionWhisper { shared, samples: Vec::new(), max_samples, dropped_samples: 0, _slot: slot }
+        SessionWhisper { shared, utterance: UtteranceBuffer::new(max_utterance), _slot: slot }
     }
 }
 
@@ -243,23 +239,12 @@ impl Recognizer for SessionWhisper {
     }
 
     fn start_utterance(&mut self) -> Result<(), SttError> {
-        self.samples.clear();
-        self.dropped_samples = 0;
+        self.utterance.clear();
         Ok(())
     }
 
     fn accept(&mut self, samples: Pcm<'_>) -> Result<(), SttError> {
-        let room = self.max_samples.saturating_sub(self.samples.len());
-        let taken = samples.len().min(room);
-        match samples {
-            Pcm::F32(block) => self.samples.extend_from_slice(&block[..taken]),
-            Pcm::I16(block) => self.samples.extend(block[..taken].iter().map(|&sample| f32::from(sample) / 32_768.0)),
-        }
-        let dropped = samples.len() - taken;
-        if dropped > 0 && self.dropped_samples == 0 {
-            tracing::warn!(max_samples = self.max_samples, "utterance longer than Whisper's max_utterance; the rest of its audio is not transcribed");
-        }
-        self.dropped_samples += dropped;
+        self.utterance.accept(samples);
         Ok(())
     }
 
@@ -269,14 +254,12 @@ impl Recognizer for SessionWhisper {
 
     fn finish_utterance(&mut self) -> Result<Recognition, SttError> {
         // Other sessions wait here while this utterance is recognized.
-        let result = self.shared.lock().recognize(&self.samples);
-        self.samples.clear();
-        self.dropped_samples = 0;
+        let result = self.shared.lock().recognize(self.utterance.samples());
+        self.utterance.clear();
         result
     }
 
     fn cancel_utterance(&mut self) {
-        self.samples.clear();
-        self.dropped_samples = 0;
+        self.utterance.clear();
     }
 }

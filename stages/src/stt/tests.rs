@@ -508,3 +508,17 @@ fn pocketsphinx_missing_model_names_folder() {
     assert_eq!(path, &dir.path().join("en-us"));
     assert!(error.to_string().contains("pocketsphinx-en-us"), "{error}");
 }
+
+#[test]
+fn utterance_buffer_converts_and_caps() {
+    let mut buffer = UtteranceBuffer::new(Duration::from_millis(1));
+    buffer.accept(Pcm::I16(&[16_384, -32_768]));
+    assert_eq!(buffer.samples(), &[0.5, -1.0]);
+    // 1 ms at 16 kHz is 16 samples: the rest of a 20-sample block is dropped.
+    buffer.accept(Pcm::F32(&[0.25; 20]));
+    assert_eq!(buffer.samples().len(), 16);
+    assert_eq!(buffer.dropped_samples(), 6);
+    buffer.clear();
+    assert!(buffer.samples().is_empty());
+    assert_eq!(buffer.dropped_samples(), 0);
+}

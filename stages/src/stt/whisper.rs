@@ -18,7 +18,7 @@ use ct2rs::tokenizers::hf::Tokenizer;
 use ct2rs::{ComputeType, Config, Device, Tokenizer as _};
 
 use super::mel::{MelExtractor, N_FRAMES, N_SAMPLES};
-use super::{Recognition, Recognizer, SttError};
+use super::{Recognition, Recognizer, SttError, UtteranceBuffer};
 use crate::models::models_dir;
 use crate::vad::Pcm;
 
@@ -124,10 +124,7 @@ pub struct WhisperRecognizer {
     prompt: Vec<String>,
     options: WhisperOptions,
     /// The open utterance's audio at 16 kHz.
-    samples: Vec<f32>,
-    max_samples: usize,
-    /// Samples of the open utterance dropped beyond `max_samples`.
-    dropped_samples: usize,
+    utterance: UtteranceBuffer,
     features: Vec<f32>,
     last_inference: Option<Duration>,
 }
@@ -137,7 +134,7 @@ impl std::fmt::Debug for WhisperRecognizer {
         f.debug_struct("WhisperRecognizer")
             .field("config", &self.config)
             .field("prompt", &self.prompt)
-            .field("buffered", &self.samples.len())
+            .field("buffered", &self.utterance.samples().len())
             .finish_non_exhaustive()
     }
 }
@@ -191,7 +188,7 @@ impl WhisperRecognizer {
             return_no_speech_prob: true,
             ..WhisperOptions::default()
         };
-        let max_samples = usize::try_from(config.max_utterance.as_millis() * 16).unwrap_or(usize::MAX);
+        let utterance = UtteranceBuffer::new(config.max_utterance);
         tracing::info!(model = %config.model_dir.display(), compute_type = %config.compute_type, threads = config.threads, "Whisper model loaded");
 
         Ok(WhisperRecognizer {
@@ -201,9 +198,7 @@ impl WhisperRecognizer {
             mel,
             prompt,
             options,
-            samples: Vec::new(),
-            max_samples,
-            dropped_samples: 0,
+            utterance,
             features: Vec::new(),
             last_inference: None,
         })
@@ -324,29 +319,12 @@ impl Recognizer for WhisperRecognizer {
     }
 
     fn start_utterance(&mut self) -> Result<(), SttError> {
-        self.samples.clear();
-        self.dropped_samples = 0;
+        self.utterance.clear();
         Ok(())
     }
 
     fn accept(&mut self, samples: Pcm<'_>) -> Result<(), SttError> {
-        let room = self.max_samples.saturating_sub(self.samples.len());
-        let taken = samples.len().min(room);
-        match samples {
-            Pcm::F32(block) => self.samples.extend_from_slice(&block[..taken]),
-            Pcm::I16(block) => self.samples.extend(block[..taken].iter().map(|&s| f32::from(s) / 32_768.0)),
-        }
-
-        let dropped = samples.len() - taken;
-        if dropped > 0 {
-            if self.dropped_samples == 0 {
-                tracing::warn!(
-                    max_utterance_s = self.config.max_utterance.as_secs_f32(),
-                    "utterance longer than the maximum; the rest of its audio is not transcribed"
-                );
-            }
-            self.dropped_samples += dropped;
-        }
+        self.utterance.accept(samples);
         Ok(())
     }
 
@@ -355,17 +333,15 @@ impl Recognizer for WhisperRecognizer {
     }
 
     fn finish_utterance(&mut self) -> Result<Recognition, SttError> {
-        let samples = std::mem::take(&mut self.samples);
-        let result = self.recognize(&samples);
-
-        // Keep the allocation for the next utterance.
-        self.samples = samples;
-        self.samples.clear();
+        // The buffer is taken out while the model runs, then put back to keep its allocation.
+        let utterance = std::mem::replace(&mut self.utterance, UtteranceBuffer::new(Duration::ZERO));
+        let result = self.recognize(utterance.samples());
+        self.utterance = utterance;
+        self.utterance.clear();
         result
     }
 
     fn cancel_utterance(&mut self) {
-        self.samples.clear();
-        self.dropped_samples = 0;
+        self.utterance.clear();
     }
 }
