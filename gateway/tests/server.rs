@@ -271,19 +271,31 @@ async fn concurrent_limit_spares_other_tenant() {
     assert_eq!(gateway.running.metrics().rejections("concurrent_sessions"), 1);
 
     // globex still gets a full session while acme is at its limit.
+    assert_other_tenant_served(&gateway).await;
+    assert_room_after_close(&gateway, &acme, open).await;
+}
+
+/// Streams a whole session as globex and checks it ends normally.
+async fn assert_other_tenant_served(gateway: &TestGateway) {
     let globex = gateway.token(GLOBEX_KEY, "user-2").await;
     let ws = gateway.endpoint.connect(&globex, None).await.expect("other tenant");
     let start = start_message("loadtest", PrivacyTier::OnDevice, AudioEncoding::Pcm16, 16_000);
     let record = stream_session(ws, &plan(start, recording_frames(), false), |_| {}).await.expect("session");
     assert_eq!(record.close_code, Some(CloseCode::Normal.code()));
+}
 
-    // Closing one acme session makes room again.
+/// Closes the first of `open`, then checks that `token`'s tenant can open a session again.
+async fn assert_room_after_close<S>(gateway: &TestGateway, token: &str, mut open: Vec<tokio_tungstenite::WebSocketStream<S>>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let remaining = i64::try_from(open.len()).expect("a few sessions") - 1;
     let mut first = open.remove(0);
     first.close(None).await.expect("close");
     drop(first);
     let metrics = gateway.running.metrics();
-    assert!(eventually(Duration::from_secs(1), || metrics.active_sessions() == 2).await);
-    gateway.endpoint.connect(&acme, None).await.expect("room after close");
+    assert!(eventually(Duration::from_secs(1), || metrics.active_sessions() == remaining).await);
+    gateway.endpoint.connect(token, None).await.expect("room after close");
 }
 
 #[tokio::test]
@@ -413,18 +425,8 @@ async fn one_tenant_cannot_take_the_last_server_slots() {
     assert_eq!(handshake_status(&error), Some(503));
     assert_eq!(gateway.running.metrics().rejections("server_tenant_share"), 1);
 
-    // Another tenant still gets the slot acme could not take.
-    let globex = gateway.token(GLOBEX_KEY, "user-2").await;
-    let ws = gateway.endpoint.connect(&globex, None).await.expect("the kept slot");
-    let start = start_message("loadtest", PrivacyTier::OnDevice, AudioEncoding::Pcm16, 16_000);
-    let record = stream_session(ws, &plan(start, recording_frames(), false), |_| {}).await.expect("session");
-    assert_eq!(record.close_code, Some(CloseCode::Normal.code()));
-
-    // Closing an acme session gives acme its share back.
-    let mut first = open.remove(0);
-    first.close(None).await.expect("close");
-    drop(first);
-    let metrics = gateway.running.metrics();
-    assert!(eventually(Duration::from_secs(1), || metrics.active_sessions() == 2).await);
-    gateway.endpoint.connect(&acme, None).await.expect("room after close");
+    // Another tenant still gets the slot acme could not take, and closing an
+    // acme session gives acme its share back.
+    assert_other_tenant_served(&gateway).await;
+    assert_room_after_close(&gateway, &acme, open).await;
 }
