@@ -103,7 +103,9 @@ pub enum TtsBackend {
 pub trait BackendKind: Copy + std::fmt::Debug {
     /// The backend's name in messages.
     fn label(self) -> &'static str;
-    /// `None` for on-device backends.
+    /// Whether the backend runs on the device and takes no URL.
+    fn on_device(self) -> bool;
+    /// Where the backend at `url` runs; `None` for on-device backends.
     fn hosting(self, url: &Url) -> Option<mentis_stages::net::Hosting>;
 }
 
@@ -125,6 +127,10 @@ impl BackendKind for SttBackend {
             SttBackend::Websocket => "websocket",
             SttBackend::Deepgram => "deepgram",
         }
+    }
+
+    fn on_device(self) -> bool {
+        self == SttBackend::Whisper
     }
 
     fn hosting(self, url: &Url) -> Option<mentis_stages::net::Hosting> {
@@ -149,6 +155,10 @@ impl BackendKind for LlmBackend {
         }
     }
 
+    fn on_device(self) -> bool {
+        self == LlmBackend::Llama
+    }
+
     fn hosting(self, _url: &Url) -> Option<mentis_stages::net::Hosting> {
         use mentis_stages::net::Hosting;
         match self {
@@ -167,6 +177,10 @@ impl BackendKind for TtsBackend {
             TtsBackend::OpenaiSpeech => "openai_speech",
             TtsBackend::Elevenlabs => "elevenlabs",
         }
+    }
+
+    fn on_device(self) -> bool {
+        matches!(self, TtsBackend::Piper | TtsBackend::Flite)
     }
 
     fn hosting(self, url: &Url) -> Option<mentis_stages::net::Hosting> {
@@ -282,20 +296,19 @@ impl<B: BackendKind> BackendConfig<B> {
     ) -> Result<Option<mentis_stages::net::Endpoint>, ConfigError> {
         let backend = self.backend.label();
         let problem = |message: String| ConfigError::Backend { section, backend, message };
+        if self.backend.on_device() {
+            return match self.url {
+                Some(_) => Err(problem("an on-device backend takes no `url`".to_owned())),
+                None => Ok(None),
+            };
+        }
         let url = match (&self.url, default_url) {
             (Some(url), _) => url.clone(),
             (None, Some(default)) => Url::parse(default).map_err(|error| problem(error.to_string()))?,
-            (None, None) => {
-                // On-device backends have no URL, and every network one needs a server address.
-                let any = Url::parse("http://127.0.0.1/").map_err(|error| problem(error.to_string()))?;
-                if self.backend.hosting(&any).is_none() {
-                    return Ok(None);
-                }
-                return Err(problem("a self-hosted backend needs `url`, the address of your server".to_owned()));
-            }
+            (None, None) => return Err(problem("a self-hosted backend needs `url`, the address of your server".to_owned())),
         };
         let Some(hosting) = self.backend.hosting(&url) else {
-            return Err(problem("an on-device backend takes no `url`".to_owned()));
+            return Ok(None);
         };
 
         let mut endpoint =
