@@ -5,6 +5,9 @@
 //! `{"partial": ...}` or `{"text": ...}` result, and `{"eof" : 1}` answered
 //! by the final result, after which the server closes.
 //!
+//! Its first connection can fail the way servers do: a drop mid-utterance,
+//! a 429 at the handshake, or a result that is not JSON.
+//!
 //! The server "recognizes" audio without a model: blocks of 0.5 s whose
 //! samples all hold the value `v` are the word `w{v}`, and it ends an
 //! utterance (a final result) after every two words.
@@ -64,8 +67,21 @@ impl Drop for Server {
     }
 }
 
-/// A Vosk-like server; the first connection drops after `drop_first_after` audio bytes.
-async fn server(drop_first_after: Option<usize>) -> Server {
+/// What goes wrong on the server's first connection.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// Nothing.
+    None,
+    /// The connection drops after this many audio bytes.
+    DropAfter(usize),
+    /// The handshake is answered with 429 Too Many Requests.
+    RateLimited,
+    /// The first result is not JSON.
+    Malformed,
+}
+
+/// A Vosk-like server with `fault` on its first connection.
+async fn server_with(fault: Fault) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
     let seen = Arc::new(Mutex::new(Seen::default()));
@@ -81,7 +97,23 @@ async fn server(drop_first_after: Option<usize>) -> Server {
             };
             let log = Arc::clone(&log);
             tokio::spawn(async move {
+                if connection == 1 && matches!(fault, Fault::RateLimited) {
+                    // Read the upgrade request, then refuse it as a rate-limited server would.
+                    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+                    let mut stream = stream;
+                    let mut request = vec![0_u8; 4096];
+                    let _ = stream.read(&mut request).await;
+                    let body = "too many concurrent connections";
+                    let response = format!(
+                        "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 0\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(response.as_bytes()).await;
+                    log.lock().closed_at.push(Instant::now());
+                    return;
+                }
                 let Ok(mut socket) = tokio_tungstenite::accept_async(stream).await else { return };
+                let mut malformed_pending = connection == 1 && matches!(fault, Fault::Malformed);
                 let mut pending: Vec<i16> = Vec::new();
                 let mut received = 0;
                 while let Some(Ok(message)) = socket.next().await {
@@ -106,8 +138,11 @@ async fn server(drop_first_after: Option<usize>) -> Server {
                                 log.lock().empty_binary_frames += 1;
                             }
                             received += bytes.len();
-                            if connection == 1 && drop_first_after.is_some_and(|limit| received >= limit) {
+                            if connection == 1 && matches!(fault, Fault::DropAfter(limit) if received >= limit) {
                                 break;
+                            }
+                            if std::mem::take(&mut malformed_pending) {
+                                let _ = socket.send(Message::text("{\"partial\": ")).await;
                             }
                             pending.extend(bytes.chunks_exact(2).map(|pair| i16::from_le_bytes([pair[0], pair[1]])));
                             if pending.len() >= 2 * WORD {
@@ -128,6 +163,11 @@ async fn server(drop_first_after: Option<usize>) -> Server {
         }
     });
     Server { address, seen, task }
+}
+
+/// A Vosk-like server; the first connection drops after `drop_first_after` audio bytes.
+async fn server(drop_first_after: Option<usize>) -> Server {
+    server_with(drop_first_after.map_or(Fault::None, Fault::DropAfter)).await
 }
 
 fn stage(server: &Server) -> WebSocketStt {
@@ -205,4 +245,26 @@ async fn interrupt_closes_the_socket_within_100_ms() {
     let (result, frames) = harness.finish(LONG).await;
     result.expect("clean end");
     assert!(finals(&frames).is_empty());
+}
+
+#[tokio::test]
+async fn a_429_at_the_handshake_is_retried() {
+    let server = server_with(Fault::RateLimited).await;
+    let mut harness = Harness::start(stage(&server), PrivacyTier::SelfHosted);
+    harness.segment(TurnId(1), MediaTime::ZERO, &words(1, 3)).await;
+    let (result, frames) = harness.finish(LONG).await;
+    result.expect("clean end");
+    assert_eq!(finals(&frames), vec![(TurnId(1), "w1 w2 w3".to_owned())]);
+    assert_eq!(server.seen.lock().connections, 2, "the refused handshake and the retry");
+}
+
+#[tokio::test]
+async fn a_malformed_result_is_skipped() {
+    let server = server_with(Fault::Malformed).await;
+    let mut harness = Harness::start(stage(&server), PrivacyTier::SelfHosted);
+    harness.segment(TurnId(1), MediaTime::ZERO, &words(1, 3)).await;
+    let (result, frames) = harness.finish(LONG).await;
+    result.expect("a malformed message does not end the stage");
+    assert_eq!(finals(&frames), vec![(TurnId(1), "w1 w2 w3".to_owned())]);
+    assert_eq!(server.seen.lock().connections, 1);
 }
