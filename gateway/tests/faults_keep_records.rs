@@ -1,8 +1,7 @@
-//! Faults in some sessions lose no stored data: with an SQLite store, one
-//! session with consent stores its transcripts; then a backend drops mid-turn
-//! in another session, a backend hangs in a third, and a client vanishes in a
-//! fourth. The first session's records are all still there, whole, and the
-//! faulty sessions are recorded as sessions too.
+//! Faults in some sessions lose no stored data. With an SQLite store, one
+//! session with consent stores its transcripts. Then a backend drops
+//! mid-turn in a second session, a backend hangs in a third, and a client
+//! vanishes in a fourth. The first session's records are still there, whole.
 
 mod common;
 
