@@ -25,7 +25,7 @@
 //! Every section is optional. A missing one keeps the on-device backend.
 //! API keys are never written in the file: `api_key_env` names an
 //! environment variable and `api_key_file` a file (readable by its owner
-//! only) that holds the key. A `[[stt.fallback]]` (or llm, tts) table adds a
+//! only) that contains the key. A `[[stt.fallback]]` (or llm, tts) table adds a
 //! backup backend of the same kind, which must be at least as private as the
 //! one it backs up. `configs/` has an example file for each tier.
 
@@ -101,16 +101,16 @@ pub enum TtsBackend {
 /// Whether a backend runs on the device, on a self-hosted server, or at a
 /// cloud provider, which decides whether plaintext URLs are accepted.
 pub trait BackendKind: Copy + std::fmt::Debug {
-    /// The backend's name in messages.
+    /// Returns the backend's name for messages.
     fn label(self) -> &'static str;
-    /// Whether the backend runs on the device and takes no URL.
+    /// Returns whether the backend runs on the device and takes no URL.
     fn on_device(self) -> bool;
-    /// Where the backend at `url` runs; `None` for on-device backends.
+    /// Returns where the backend at `url` runs, or `None` for on-device backends.
     fn hosting(self, url: &Url) -> Option<mentis_stages::net::Hosting>;
 }
 
-/// A cloud provider's API may also be served by a self-hosted server (an
-/// OpenAI-compatible one): the URL decides. Provider hosts are cloud.
+/// Returns cloud for the provider's own host and self-hosted for any other,
+/// because an OpenAI-compatible API may be served by a server of the user's.
 fn hosting_by_url(url: &Url, cloud_host: &str) -> mentis_stages::net::Hosting {
     if url.host_str().is_some_and(|host| host.eq_ignore_ascii_case(cloud_host)) {
         mentis_stages::net::Hosting::Cloud
@@ -262,7 +262,7 @@ pub enum ConfigError {
         section: &'static str,
         /// The backend.
         backend: &'static str,
-        /// What is wrong and what to do.
+        /// The problem and its fix.
         message: String,
     },
 }
@@ -356,7 +356,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_full_file_parses() {
+    fn config_full_file_parses() {
         let config = PipelineConfig::parse(
             r#"
             tier = "self_hosted"
@@ -390,7 +390,8 @@ mod tests {
         let error = PipelineConfig::parse("tier = \"cloud\"\n[llm]\nbackend = \"llama\"\nmodle = \"x\"\n").expect_err("typo");
         assert!(error.contains("modle"), "{error}");
         let error = PipelineConfig::parse("tier = \"cloud\"\n[stt]\nbackend = \"siri\"\n").expect_err("unknown");
-        assert!(error.contains("siri") && error.contains("deepgram"), "{error}");
+        assert!(error.contains("siri"), "{error}");
+        assert!(error.contains("deepgram"), "the message lists the backends: {error}");
         let error = PipelineConfig::parse("tier = \"nowhere\"\n").expect_err("bad tier");
         assert!(error.contains("nowhere"), "{error}");
     }

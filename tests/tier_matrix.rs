@@ -1,5 +1,5 @@
 //! Every backend under every tier: the pipeline is built, or rejected with
-//! a privacy error, exactly as the tier policy says.
+//! a privacy error, exactly as the tier policy requires.
 //!
 //! Each backend is configured the way a user would, from a configuration
 //! file, and put in a graph between a source and a sink. Host names resolve
@@ -138,7 +138,7 @@ fn every_backend_under_every_tier() {
             match (case.needs <= tier, result) {
                 (true, Ok(())) => {}
                 (false, Err(GraphError::Privacy(error))) => {
-                    // The error names the stage and says why, by tier.
+                    // The error names the stage and gives the reason, by tier.
                     let expected = match tier {
                         PrivacyTier::OnDevice => matches!(error, PrivacyError::NetworkOnDevice { .. }),
                         _ => matches!(error, PrivacyError::PublicAddress { .. }),
@@ -157,7 +157,7 @@ fn every_backend_under_every_tier() {
 }
 
 #[test]
-fn a_cloud_backup_for_a_self_hosted_backend_is_refused() {
+fn fallback_to_a_less_private_backup_is_refused() {
     let text = "tier = \"cloud\"\n[llm]\nbackend = \"ollama\"\nurl = \"http://asr.lan:11434\"\n\
                 [[llm.fallback]]\nbackend = \"openai_compatible\"\nurl = \"https://api.openai.com/v1\"\n";
     let pipeline = PipelineConfig::parse(text).expect("parses");

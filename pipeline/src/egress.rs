@@ -1,5 +1,5 @@
-//! What left the device: every connection a session opened, and what each
-//! network backend consumed.
+//! The record of what left the device: every connection a session opened,
+//! and what each network backend consumed.
 //!
 //! A network stage records each connection in the session's [`EgressLog`]
 //! when it opens it, adds the bytes it sends and receives, and closes the
@@ -100,7 +100,7 @@ impl fmt::Debug for EgressLog {
     }
 }
 
-/// Where a connection goes, for [`EgressLog::open`].
+/// The destination of a connection, for [`EgressLog::open`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Destination {
     /// The host name from the endpoint URL.
@@ -171,7 +171,7 @@ impl Drop for ConnectionRecord {
     }
 }
 
-/// What one backend of one stage used, as the report shows it.
+/// The usage of one backend of one stage, as the report shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct UsageRecord {
     /// The stage.

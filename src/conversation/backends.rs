@@ -30,7 +30,7 @@ fn stage_name(stage: &str, index: usize) -> Result<StageName, BuildError> {
     if index == 0 { name(stage) } else { name(&format!("{stage}-backup-{index}")) }
 }
 
-/// The primary backend followed by its backups.
+/// Returns the primary backend followed by its backups.
 fn chain<B: Clone>(primary: &BackendConfig<B>) -> Vec<BackendConfig<B>> {
     let mut backends = vec![primary.clone()];
     backends.extend(primary.fallback.iter().cloned());
@@ -61,8 +61,8 @@ fn setup_error(stage: &'static str) -> impl Fn(&dyn std::fmt::Display) -> BuildE
     move |error| BuildError::Stage { stage, message: error.to_string() }
 }
 
-/// The speech recognizer: Whisper unless the configuration picks another.
-/// `policy` judges how private each backup is.
+/// Builds the speech recognizer: Whisper unless the configuration picks
+/// another. `policy` decides how private each backup is.
 pub fn stt(config: &ConversationConfig, policy: &PrivacyPolicy) -> Result<Box<dyn Stage>, BuildError> {
     let Some(primary) = config.pipeline.as_ref().and_then(|pipeline| pipeline.stt.as_ref()) else {
         return whisper_stt();
@@ -101,7 +101,7 @@ pub fn stt(config: &ConversationConfig, policy: &PrivacyPolicy) -> Result<Box<dy
     with_fallback(stages, policy, "stt")
 }
 
-/// The LLM: SmolLM2 on the device unless the configuration picks another.
+/// Builds the LLM: SmolLM2 on the device unless the configuration picks another.
 pub fn llm(
     config: &ConversationConfig,
     policy: &PrivacyPolicy,
@@ -153,8 +153,8 @@ pub fn llm(
     Ok((with_fallback(stages, policy, "llm")?, generations))
 }
 
-/// The speech synthesizer and its output rate: the command line's choice
-/// unless the configuration picks another.
+/// Builds the speech synthesizer and returns it with its output rate: the
+/// command line's choice unless the configuration picks another.
 pub fn tts(config: &ConversationConfig, policy: &PrivacyPolicy) -> Result<(Box<dyn Stage>, u32), BuildError> {
     let Some(primary) = config.pipeline.as_ref().and_then(|pipeline| pipeline.tts.as_ref()) else {
         return on_device_tts(config);
@@ -209,7 +209,7 @@ fn deepgram_stt(name: StageName, endpoint: Endpoint, backend: &BackendConfig<Stt
     if backend.language.is_some() {
         settings.options.language.clone_from(&backend.language);
     }
-    // The answer to Finalize is the first response to a request, so the
+    // The response to Finalize is the first response to a request, so the
     // configured first-byte limit also bounds the wait for it.
     if let Some(timeouts) = backend.timeouts {
         settings.finalize_wait = timeouts.first_byte;

@@ -9,7 +9,7 @@
 //! - A request that fails before any of its text was sent downstream is
 //!   retried with backoff (the endpoint's retry policy, honouring
 //!   `Retry-After`). When the retries run out the stage fails with a
-//!   retryable error, which a fallback wrapper can answer with another
+//!   retryable error, so that a fallback wrapper can switch to another
 //!   backend.
 //! - A stream that fails after text went downstream cannot be retried: the
 //!   turn ends with what arrived, marked partial in the [`ReplyLog`], and a
@@ -38,7 +38,7 @@ use crate::net::{Endpoint, NetError};
 /// Settings of a reply that every protocol understands.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ReplySettings {
-    /// The most tokens a reply may have.
+    /// The maximum number of tokens in a reply.
     pub max_tokens: u32,
     /// Sampling temperature, or `None` for the provider's default.
     pub temperature: Option<f32>,
@@ -53,7 +53,7 @@ impl Default for ReplySettings {
 /// A provider's chat protocol: how a request is built and how its streamed
 /// response is decoded.
 pub trait ChatProtocol: Send + Sync + 'static {
-    /// The backend's name in logs and usage records, such as `"openai"`.
+    /// Returns the backend's name for logs and usage records, such as `"openai"`.
     fn backend(&self) -> &'static str;
 
     /// Builds the HTTP request for a reply to `messages`.
@@ -123,7 +123,7 @@ impl<D: Send> StreamDecoder for SseDecoder<D> {
     }
 }
 
-/// How one turn's reply ended.
+/// The outcome of one turn's reply.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case", tag = "outcome")]
 pub enum ReplyOutcome {
@@ -148,7 +148,7 @@ pub struct ReplyRecord {
     pub turn: TurnId,
     /// The backend that produced it.
     pub backend: &'static str,
-    /// How it ended.
+    /// Its outcome.
     pub outcome: ReplyOutcome,
     /// Attempts made, 1 when the first succeeded.
     pub attempts: u32,
@@ -201,7 +201,7 @@ impl<P: ChatProtocol> std::fmt::Debug for RemoteLlm<P> {
     }
 }
 
-/// Why an attempt failed before any of its text was sent downstream.
+/// The failure of an attempt before any of its text was sent downstream.
 enum Failure {
     Net(NetError),
     Stream(ChatStreamError),

@@ -22,9 +22,9 @@ use url::Url;
 use super::connect::Connector;
 use super::error::{NetError, status_hint};
 
-/// Longest error body kept for the error message, in bytes.
+/// Maximum error body kept for the error message, in bytes.
 const ERROR_BODY_LIMIT: usize = 4096;
-/// Longest error body shown in the message, in characters.
+/// Maximum error body shown in the message, in characters.
 const ERROR_BODY_SHOWN: usize = 300;
 /// The `User-Agent` sent with every request.
 const USER_AGENT: &str = concat!("mentis/", env!("CARGO_PKG_VERSION"));
@@ -41,14 +41,14 @@ pub struct Request {
 }
 
 impl Request {
-    /// A `POST` of `body` with the given content type.
+    /// Builds a `POST` of `body` with the given content type.
     pub fn post(url: Url, content_type: &str, body: impl Into<Bytes>) -> Result<Self, NetError> {
         let mut request = Request { method: Method::POST, url, headers: Vec::new(), body: body.into(), secrets: Vec::new() };
         request.header(http::header::CONTENT_TYPE, content_type)?;
         Ok(request)
     }
 
-    /// A `POST` of a JSON body.
+    /// Builds a `POST` of a JSON body.
     pub fn post_json(url: Url, body: &impl serde::Serialize) -> Result<Self, NetError> {
         let endpoint = redact_url(&url);
         let body = serde_json::to_vec(body)
