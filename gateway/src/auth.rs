@@ -25,7 +25,7 @@ pub const TOKEN_VERSION: u32 = 1;
 /// output size (RFC 2104 section 3 recommends a key at least that long).
 pub const MIN_SIGNING_KEY_BYTES: usize = 32;
 
-/// The longest token accepted, in bytes. Real tokens are about 250 bytes;
+/// The maximum token length accepted, in bytes. Real tokens are about 250 bytes;
 /// anything much longer is not one of ours and is not parsed.
 pub const MAX_TOKEN_BYTES: usize = 1_024;
 
@@ -33,7 +33,7 @@ pub const MAX_TOKEN_BYTES: usize = 1_024;
 /// another gateway process whose clock runs a little ahead.
 pub const ISSUED_AT_LEEWAY_SECS: u64 = 30;
 
-/// What a session token says about its holder.
+/// The claims a session token makes about its holder.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Claims {

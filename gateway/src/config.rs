@@ -44,7 +44,7 @@ pub struct GatewayConfig {
     /// `HOSTNAME` environment variable (a Kubernetes pod's name) is used.
     #[serde(default)]
     pub instance_id: Option<String>,
-    /// Where tenants, API keys and privacy records are stored. Without it,
+    /// The store of tenants, API keys and privacy records. Without it,
     /// tenants come from `[[tenants]]` and the privacy records API is off.
     #[serde(default)]
     pub store: Option<StoreSection>,
@@ -62,7 +62,7 @@ pub struct GatewayConfig {
 #[serde(deny_unknown_fields)]
 pub struct OnDeviceSection {
     /// Sessions of the pipeline running at once in this process (default 4).
-    /// Each holds a llama.cpp context of about 150 MiB.
+    /// Each has a llama.cpp context of about 150 MiB.
     #[serde(default)]
     pub max_sessions: Option<usize>,
     /// Maximum tokens per reply.
@@ -92,12 +92,12 @@ pub struct StoreSection {
     /// The SQLite database file; `sqlite` only.
     #[serde(default)]
     pub path: Option<PathBuf>,
-    /// The environment variable that holds the application role's
+    /// The environment variable that contains the application role's
     /// `postgres://` URL; `postgres` only. The URL carries a password, so it
     /// never appears in this file.
     #[serde(default)]
     pub url_env: Option<String>,
-    /// The environment variable that holds the URL of a role that may create
+    /// The environment variable that contains the URL of a role that may create
     /// tables; `postgres` only. When set, the gateway applies missing schema
     /// migrations at start and grants the application role its privileges.
     #[serde(default)]

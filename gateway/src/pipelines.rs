@@ -56,7 +56,7 @@ pub const EGRESS_CAPACITY: usize = 1_024;
 /// A pipeline that lags further loses the oldest entries (counted), not audio.
 pub const INGRESS_CLOCK_CAPACITY: usize = 256;
 
-/// What a session asks of its pipeline.
+/// The request a session makes of its pipeline.
 #[derive(Debug, Clone)]
 pub struct PipelineRequest {
     /// The session id, stamped on every frame.
@@ -69,7 +69,7 @@ pub struct PipelineRequest {
     pub tier: PrivacyTier,
     /// Arrival times of client frames, for the [`AudioMeter`].
     pub ingress: IngressClock,
-    /// Where the meter records frame latencies.
+    /// The sink of the meter's frame latencies.
     pub metrics: Arc<GatewayMetrics>,
 }
 
@@ -96,9 +96,9 @@ impl PipelineRequest {
 pub struct SessionPipeline {
     /// The validated graph, not started yet.
     pub pipeline: Pipeline,
-    /// Where the session sends the client's audio frames.
+    /// The sender of the client's audio frames into the pipeline.
     pub input: Sender,
-    /// Where the session reads reply audio, transcripts, text and events.
+    /// The receiver of reply audio, transcripts, text and events.
     pub output: Receiver,
 }
 

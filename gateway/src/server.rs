@@ -3,7 +3,7 @@
 //!
 //! Routes:
 //! - `GET /healthz`: 200 while the process runs.
-//! - `GET /readyz`: 200 when the tenant directory answers and the server is
+//! - `GET /readyz`: 200 when the tenant directory responds and the server is
 //!   not draining, 503 otherwise.
 //! - `GET /metrics`: Prometheus text.
 //! - `POST /v1/tokens`: exchanges an API key for a session token.
@@ -112,13 +112,13 @@ struct State_ {
     draining: AtomicBool,
     sessions: TaskTracker,
     session_slots: Arc<Semaphore>,
-    /// Slots of this server each tenant holds now.
+    /// Slots of this server each tenant has now.
     tenant_slots: Arc<parking_lot::Mutex<std::collections::HashMap<String, usize>>>,
 }
 
-/// The share of this server's session slots kept free for other tenants:
-/// one tenant may hold at most `max_sessions` minus this many, so its load
-/// alone can never take the last slots. A tenth, and at least one.
+/// Returns the share of this server's session slots kept free for other
+/// tenants: a tenth, and at least one. One tenant may hold at most
+/// `max_sessions` minus this many, so its load alone never takes the last slots.
 pub fn reserved_slots(max_sessions: usize) -> usize {
     (max_sessions / 10).max(1).min(max_sessions.saturating_sub(1))
 }
@@ -130,7 +130,7 @@ struct TenantSlot {
 }
 
 impl TenantSlot {
-    /// Takes a slot for `tenant` unless it already holds `most`.
+    /// Takes a slot for `tenant` unless it already has `most`.
     fn acquire(
         slots: &Arc<parking_lot::Mutex<std::collections::HashMap<String, usize>>>,
         tenant: &str,

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-/// The longest tenant or user id, in bytes. Ids appear in logs, metric labels
+/// The maximum tenant or user id length, in bytes. Ids appear in logs, metric labels
 /// and tokens, so they are kept short.
 pub const MAX_ID_LEN: usize = 128;
 
@@ -58,9 +58,9 @@ pub struct Limits {
     pub max_audio_minutes_per_day: u64,
     /// Largest WebSocket message, in bytes; a larger one closes with 1009.
     pub max_message_bytes: usize,
-    /// Longest audio frame (one binary message), in milliseconds.
+    /// Maximum audio frame (one binary message), in milliseconds.
     pub max_frame_ms: u64,
-    /// Longest session, in seconds.
+    /// Maximum session length, in seconds.
     pub max_session_seconds: u64,
 }
 
@@ -237,7 +237,7 @@ impl fmt::Debug for KeyDigest {
 #[error("the tenant directory is unavailable: {0}")]
 pub struct DirectoryError(pub String);
 
-/// Where the server looks up tenants and API keys.
+/// The source of tenants and API keys for the server.
 pub trait TenantDirectory: Send + Sync + fmt::Debug + 'static {
     /// Returns the tenant whose API key this is, or `None` for an unknown or revoked key.
     fn authenticate<'a>(&'a self, key: &'a Secret) -> BoxFuture<'a, Result<Option<Tenant>, DirectoryError>>;
@@ -245,7 +245,7 @@ pub trait TenantDirectory: Send + Sync + fmt::Debug + 'static {
     /// Returns a tenant by id, or `None` when it no longer exists.
     fn tenant<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Tenant>, DirectoryError>>;
 
-    /// Checks that the directory answers, for the readiness probe.
+    /// Checks that the directory responds, for the readiness probe.
     fn ping(&self) -> BoxFuture<'_, Result<(), DirectoryError>>;
 }
 

@@ -5,7 +5,7 @@
 //! The scripted stages do no inference, so a load test of this pipeline
 //! measures what the gateway and the audio stages cost per session. They can
 //! also be configured to fail mid-turn or to hang, which the fault tests use to
-//! stand in for a backend connection that drops or a backend that stops answering.
+//! stand in for a backend connection that drops or a backend that stops responding.
 
 use std::time::Duration;
 
@@ -57,7 +57,7 @@ pub struct LoadTestConfig {
     pub transcript: String,
     /// The reply every turn gets, sent as one token per word.
     pub reply: String,
-    /// The longest a scripted stage may spend on one frame before it is
+    /// The maximum time a scripted stage may spend on one frame before it is
     /// failed as hung.
     pub stage_timeout: Duration,
     /// Silence after speech that ends a turn.
@@ -147,7 +147,7 @@ impl PipelineFactory for LoadTestPipeline {
     }
 }
 
-/// What a scripted stage produces in answer to a frame.
+/// The output a scripted stage produces in response to a frame.
 struct Planned {
     after: Duration,
     turn: TurnId,
@@ -233,8 +233,8 @@ fn tone(phase: &mut f32) -> AudioData {
     }
 }
 
-/// A stage that answers frames with planned output after fixed delays. It
-/// keeps reading its inbox while output is pending, so a slow answer never
+/// A stage that responds to frames with planned output after fixed delays. It
+/// keeps reading its inbox while output is pending, so a slow response never
 /// holds up the audio before it, and it drops pending output of interrupted turns.
 pub struct Scripted {
     name: StageName,

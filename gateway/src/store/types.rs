@@ -137,7 +137,7 @@ pub struct TenantLimits {
     pub max_message_bytes: u32,
     /// Maximum session length, in seconds.
     pub max_session_seconds: u32,
-    /// Longest audio frame (one binary message), in milliseconds.
+    /// Maximum audio frame (one binary message), in milliseconds.
     #[serde(default = "default_max_frame_ms")]
     pub max_frame_ms: u32,
 }
@@ -372,13 +372,13 @@ pub struct AuditEntry {
     pub action: AuditAction,
     /// Lowercase hex SHA-256 of the deleted user's id, for user deletions.
     pub subject_sha256: Option<String>,
-    /// What was deleted.
+    /// The counts of deleted rows.
     pub deleted: DeletedCounts,
     /// When it happened.
     pub at: Timestamp,
 }
 
-/// What one run of the retention purge deleted, over all tenants.
+/// The rows one run of the retention purge deleted, over all tenants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PurgeSummary {
     /// Tenants that had expired data.
