@@ -76,7 +76,7 @@ fn llm<P: ChatProtocol>(protocol: P, endpoint: Endpoint, history: SharedHistory)
     RemoteLlm::new(StageName::new("llm").expect("name"), protocol, endpoint, history, settings)
 }
 
-/// The reply text of the frames, and whether the last delta was seen.
+/// Returns the reply text of the frames and whether the last delta was seen.
 fn reply_text(frames: &[Frame]) -> (String, bool) {
     let mut text = String::new();
     let mut last = false;
@@ -93,7 +93,7 @@ fn is_last(frame: &Frame) -> bool {
     matches!(&frame.payload, Payload::Text(TextDelta { last: true, .. }))
 }
 
-/// An OpenAI chunk carrying `content`.
+/// Builds an OpenAI chunk carrying `content`.
 fn openai_chunk(content: &str) -> String {
     let chunk = serde_json::json!({
         "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "test",
@@ -132,19 +132,20 @@ fn sse_response(body: net_support::Body) -> http::Response<net_support::Body> {
 }
 
 #[tokio::test]
-async fn openai_stream_split_at_every_byte_gives_the_reply_and_usage() {
+async fn openai_stream_split_every_byte() {
     let seen = Arc::new(parking_lot::Mutex::new(Vec::<SeenRequest>::new()));
     let record = Arc::clone(&seen);
     let tls = Arc::new(TestTls::new());
     let server = TestServer::http(Some(Arc::clone(&tls)), move |request| {
         record.lock().push(request);
         async move {
-            // "Très bien" has a two-byte character; one-byte pieces split it and every CRLF.
+            // "Très bien" has a two-byte character, and one-byte pieces split it and every CRLF.
             let body = [openai_chunk("Très"), openai_chunk(" bien."), openai_finish()].concat();
             sse_response(send_split(body, 1))
         }
     })
     .await;
+
     let history = history();
     let stage = llm(OpenAiChat::openai("gpt-test"), endpoint(&server, "/v1", Hosting::Cloud, Some(&tls)), Arc::clone(&history));
     let log = stage.reply_log();
@@ -152,6 +153,7 @@ async fn openai_stream_split_at_every_byte_gives_the_reply_and_usage() {
 
     harness.send(1, final_transcript("How are you?")).await;
     let frames = harness.until(Duration::from_secs(5), is_last).await;
+
     assert_eq!(reply_text(&frames), ("Très bien.".to_owned(), true));
     assert_eq!(history.lock().reply(TurnId(1)), Some("Très bien."));
 
@@ -179,7 +181,7 @@ async fn openai_stream_split_at_every_byte_gives_the_reply_and_usage() {
 }
 
 #[tokio::test]
-async fn a_stream_without_done_or_finish_reason_is_retried_before_any_text() {
+async fn openai_stream_without_end_retried() {
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&calls);
     let server = TestServer::http(None, move |_| {
@@ -193,11 +195,13 @@ async fn a_stream_without_done_or_finish_reason_is_retried_before_any_text() {
         }
     })
     .await;
+
     let stage = llm(OpenAiChat::compatible("local"), endpoint(&server, "/v1", Hosting::SelfHosted, None), history());
     let log = stage.reply_log();
     let mut harness = Harness::start(stage, PrivacyTier::SelfHosted);
     harness.send(1, final_transcript("Hi")).await;
     let frames = harness.until(Duration::from_secs(5), is_last).await;
+
     assert_eq!(reply_text(&frames).0, "Fine.");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     assert_eq!(log.for_turn(TurnId(1)).map(|r| r.attempts), Some(2));
@@ -205,7 +209,7 @@ async fn a_stream_without_done_or_finish_reason_is_retried_before_any_text() {
 }
 
 #[tokio::test]
-async fn a_429_is_retried_after_the_delay_the_server_asks() {
+async fn openai_429_retried_after_delay() {
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&calls);
     let server = TestServer::http(None, move |_| {
@@ -222,23 +226,26 @@ async fn a_429_is_retried_after_the_delay_the_server_asks() {
         }
     })
     .await;
+
     let stage = llm(OpenAiChat::compatible("local"), endpoint(&server, "/v1", Hosting::SelfHosted, None), history());
     let mut harness = Harness::start(stage, PrivacyTier::SelfHosted);
     let started = Instant::now();
     harness.send(1, final_transcript("Hi")).await;
     let frames = harness.until(Duration::from_secs(5), is_last).await;
+
     assert_eq!(reply_text(&frames).0, "Ok.");
     assert!(started.elapsed() >= Duration::from_millis(300), "retried after {:?}", started.elapsed());
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
-async fn malformed_json_fails_the_stage_with_the_excerpt_and_no_key() {
+async fn openai_malformed_json_fails_stage() {
     let server = TestServer::http(None, |_| async { sse_response(full("data: {\"choices\": [oops\n\n")) }).await;
     let stage = llm(OpenAiChat::compatible("local"), endpoint(&server, "/v1", Hosting::SelfHosted, None), history());
     let mut harness = Harness::start(stage, PrivacyTier::SelfHosted);
     harness.send(1, final_transcript("Hi")).await;
     let error = harness.task.await.expect("task").expect_err("malformed JSON is not retried");
+
     assert!(!error.is_retryable());
     let text = format!("{error} {error:?}");
     assert!(text.contains("oops"), "the error shows the bad message: {text}");
@@ -265,6 +272,7 @@ async fn anthropic_overloaded_mid_stream_ends_the_turn_partial() {
         sse_response(full(body))
     })
     .await;
+
     let history = history();
     let stage = llm(AnthropicChat::new("claude-test"), endpoint(&server, "/v1", Hosting::SelfHosted, None), Arc::clone(&history));
     let log = stage.reply_log();
@@ -319,11 +327,13 @@ async fn anthropic_overloaded_before_any_text_is_retried() {
         }
     })
     .await;
+
     let stage = llm(AnthropicChat::new("claude-test"), endpoint(&server, "/v1", Hosting::SelfHosted, None), history());
     let log = stage.reply_log();
     let mut harness = Harness::start(stage, PrivacyTier::SelfHosted);
     harness.send(1, final_transcript("Hi")).await;
     let frames = harness.until(Duration::from_secs(5), is_last).await;
+
     assert_eq!(reply_text(&frames).0, "Hello.");
     assert_eq!(log.for_turn(TurnId(1)).map(|r| (r.attempts, r.outcome)), Some((2, ReplyOutcome::Complete { reason: Some("end_turn".into()) })));
     let usage = &harness.usage.records()[0];
@@ -331,7 +341,7 @@ async fn anthropic_overloaded_before_any_text_is_retried() {
 }
 
 #[tokio::test]
-async fn ollama_lines_split_and_joined_across_reads_parse_the_same() {
+async fn ollama_lines_split_across_reads() {
     let server = TestServer::http(None, |request| async move {
         assert_eq!(request.path_and_query, "/api/chat");
         let body: serde_json::Value = serde_json::from_slice(&request.body).expect("JSON body");
@@ -341,21 +351,23 @@ async fn ollama_lines_split_and_joined_across_reads_parse_the_same() {
             "{\"model\":\"m\",\"message\":{\"role\":\"assistant\",\"content\":\"ny ☀\"},\"done\":false}\n",
             "{\"model\":\"m\",\"message\":{\"role\":\"assistant\",\"content\":\"\"},\"done\":true,\"done_reason\":\"stop\",\"prompt_eval_count\":12,\"eval_count\":4}\n",
         );
-        // Pieces of 7 bytes: lines are split, some reads hold the end of one line and the start of the next.
+        // Pieces of 7 bytes: lines are split, some reads contain the end of one line and the start of the next.
         http::Response::new(send_split(lines.to_owned(), 7))
     })
     .await;
+
     let stage = llm(OllamaChat::new("m"), endpoint(&server, "", Hosting::SelfHosted, None), history());
     let mut harness = Harness::start(stage, PrivacyTier::SelfHosted);
     harness.send(1, final_transcript("Weather?")).await;
     let frames = harness.until(Duration::from_secs(5), is_last).await;
+
     assert_eq!(reply_text(&frames).0, "Sunny ☀");
     let usage = &harness.usage.records()[0];
     assert_eq!((usage.backend.as_str(), usage.tokens_in, usage.tokens_out), ("ollama", 12, 4));
 }
 
 #[tokio::test]
-async fn an_interrupt_closes_the_stream_within_100_ms() {
+async fn llm_interrupt_closes_stream_in_100_ms() {
     let server = TestServer::http(None, |_| async {
         let (sender, body) = streamed();
         tokio::spawn(async move {
@@ -369,6 +381,7 @@ async fn an_interrupt_closes_the_stream_within_100_ms() {
         sse_response(body)
     })
     .await;
+
     let history = history();
     let stage = llm(OpenAiChat::compatible("local"), endpoint(&server, "/v1", Hosting::SelfHosted, None), Arc::clone(&history));
     let log = stage.reply_log();
@@ -376,6 +389,7 @@ async fn an_interrupt_closes_the_stream_within_100_ms() {
     harness.send(3, final_transcript("Count")).await;
     // Wait for some text, then interrupt the turn.
     let first = harness.until(Duration::from_secs(5), |frame| matches!(frame.payload, Payload::Text(_))).await;
+
     assert!(!first.is_empty());
     assert_eq!(server.open.load(Ordering::SeqCst), 1);
 
@@ -392,22 +406,24 @@ async fn an_interrupt_closes_the_stream_within_100_ms() {
 }
 
 #[tokio::test]
-async fn retries_run_out_into_a_retryable_stage_error() {
+async fn llm_retries_exhausted_error_retryable() {
     let server = TestServer::http(None, |_| async {
         http::Response::builder().status(503).body(full("upstream unavailable")).expect("response")
     })
     .await;
+
     let stage = llm(OpenAiChat::compatible("local"), endpoint(&server, "/v1", Hosting::SelfHosted, None), history());
     let mut harness = Harness::start(stage, PrivacyTier::SelfHosted);
     harness.send(1, final_transcript("Hi")).await;
     let error = harness.task.await.expect("task").expect_err("503 every time");
+
     assert!(error.is_retryable(), "a fallback backend may take over: {error}");
     assert!(error.to_string().contains("503"));
     assert_eq!(server.connections.load(Ordering::SeqCst), 4, "the first attempt and 3 retries");
 }
 
 #[tokio::test]
-async fn a_self_hosted_pipeline_refuses_a_public_endpoint_before_connecting() {
+async fn llm_self_hosted_rejects_public_endpoint() {
     let endpoint = Endpoint::new("openai", Hosting::Cloud, url::Url::parse("https://203.0.113.9/v1").expect("url"))
         .expect("endpoint")
         .with_retry(RetryPolicy { max_retries: 0, ..fast_retry() });
@@ -415,12 +431,13 @@ async fn a_self_hosted_pipeline_refuses_a_public_endpoint_before_connecting() {
     let mut harness = Harness::start(stage, PrivacyTier::SelfHosted);
     harness.send(1, final_transcript("Hi")).await;
     let error = harness.task.await.expect("task").expect_err("public address");
+
     assert!(error.to_string().contains("public address 203.0.113.9"), "{error}");
     assert!(harness.egress.records().is_empty(), "no connection was opened");
 }
 
 #[tokio::test]
-async fn an_interrupt_behind_a_full_queue_still_stops_the_reply() {
+async fn llm_interrupt_behind_full_queue() {
     let server = TestServer::http(None, |_| async {
         let (sender, body) = streamed();
         tokio::spawn(async move {
@@ -434,13 +451,14 @@ async fn an_interrupt_behind_a_full_queue_still_stops_the_reply() {
         sse_response(body)
     })
     .await;
+
     let stage = llm(OpenAiChat::compatible("local"), endpoint(&server, "/v1", Hosting::SelfHosted, None), history());
     let log = stage.reply_log();
     let mut harness = Harness::start(stage, PrivacyTier::SelfHosted);
     harness.send(1, final_transcript("Talk")).await;
     harness.until(Duration::from_secs(5), |frame| matches!(frame.payload, Payload::Text(_))).await;
 
-    // More frames than the stage keeps while it streams: it stops reading them.
+    // More frames than the stage queues while it streams, so it stops reading them.
     let partial = Payload::Transcript(Transcript {
         kind: TranscriptKind::Partial,
         text: "and".to_owned(),
@@ -454,9 +472,10 @@ async fn an_interrupt_behind_a_full_queue_still_stops_the_reply() {
     let interrupted = Instant::now();
     harness.send(1, Payload::Control(Control::Interrupt)).await;
     let closed = eventually(Duration::from_millis(150), || server.open.load(Ordering::SeqCst) == 0).await;
+
     assert!(closed, "the server still streams {:?} after the interrupt", interrupted.elapsed());
     assert_eq!(log.for_turn(TurnId(1)).map(|r| r.outcome), Some(ReplyOutcome::Interrupted));
-    // The interrupt waited in the inbox behind the queue; it is still forwarded.
+    // The interrupt waited in the inbox behind the queue, but it is still forwarded.
     let rest = harness.until(Duration::from_secs(5), |frame| matches!(frame.payload, Payload::Control(Control::Interrupt))).await;
     assert!(rest.iter().any(|frame| matches!(frame.payload, Payload::Control(Control::Interrupt))), "the interrupt is forwarded");
 }

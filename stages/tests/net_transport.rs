@@ -20,17 +20,19 @@ fn ok(body: &'static str) -> http::Response<net_support::Body> {
 }
 
 #[tokio::test]
-async fn https_with_a_private_ca_is_verified_counted_and_recorded() {
+async fn transport_https_private_ca_recorded() {
     let tls = Arc::new(TestTls::new());
     let server = TestServer::http(Some(Arc::clone(&tls)), |request| async move {
         assert_eq!(request.path_and_query, "/v1/echo?x=1");
         http::Response::new(full(request.body))
     })
     .await;
+
     let (connector, egress) = connector(PrivacyTier::Cloud, Some(&tls), Timeouts::default());
 
     let request = Request::post(server.url("/v1/echo?x=1"), "text/plain", "hello over TLS").expect("request");
     let body = send(&connector, request).await.expect("response").bytes(1024).await.expect("body");
+
     assert_eq!(body, b"hello over TLS");
 
     let records = egress.records();
@@ -39,27 +41,30 @@ async fn https_with_a_private_ca_is_verified_counted_and_recorded() {
     assert_eq!((record.host.as_str(), record.port, record.scheme.as_str()), ("localhost", server.address.port(), "https"));
     assert_eq!(record.tier, PrivacyTier::SelfHosted, "127.0.0.1 is a local address");
     // The TLS handshake alone is far more than the 14-byte body.
-    assert!(record.bytes_sent > 200 && record.bytes_received > 200, "{record:?}");
+    assert!(record.bytes_sent > 200, "the TLS handshake is counted as sent: {record:?}");
+    assert!(record.bytes_received > 200, "the TLS handshake is counted as received: {record:?}");
 }
 
 #[tokio::test]
-async fn a_certificate_from_an_unknown_ca_is_refused() {
+async fn transport_unknown_ca_rejected() {
     let tls = Arc::new(TestTls::new());
     let server = TestServer::http(Some(Arc::clone(&tls)), |_| async { ok("never") }).await;
     let (connector, _) = connector(PrivacyTier::Cloud, None, Timeouts::default());
 
     let request = Request::post(server.url("/"), "text/plain", "secret audio").expect("request");
     let error = send(&connector, request).await.expect_err("the certificate must not verify");
+
     assert!(matches!(error, NetError::Tls { .. }), "{error:?}");
-    assert!(error.to_string().contains("ca_file"), "the message says how to trust a private CA: {error}");
+    assert!(error.to_string().contains("ca_file"), "the message explains how to trust a private CA: {error}");
 }
 
 #[tokio::test]
-async fn the_tier_is_checked_before_any_packet_leaves() {
+async fn transport_tier_checked_before_connect() {
     // No server listens on these addresses: the check must fail before connecting.
     let (on_device, egress) = connector(PrivacyTier::OnDevice, None, Timeouts::default());
     let request = Request::post(Url::parse("http://127.0.0.1:9/").expect("url"), "text/plain", "x").expect("request");
     let error = send(&on_device, request).await.expect_err("on-device opens no socket");
+
     assert!(matches!(error, NetError::Privacy(PrivacyError::NetworkOnDevice { .. })), "{error:?}");
     assert!(egress.records().is_empty());
 
@@ -72,7 +77,7 @@ async fn the_tier_is_checked_before_any_packet_leaves() {
 }
 
 #[tokio::test]
-async fn a_429_carries_retry_after_and_is_retryable() {
+async fn transport_429_retry_after_retryable() {
     let server = TestServer::http(None, |_| async {
         http::Response::builder()
             .status(429)
@@ -81,6 +86,7 @@ async fn a_429_carries_retry_after_and_is_retryable() {
             .expect("response")
     })
     .await;
+
     let (connector, _) = connector(PrivacyTier::SelfHosted, None, Timeouts::default());
     let error = send(&connector, Request::post(server.url("/"), "text/plain", "x").expect("request"))
         .await
@@ -96,7 +102,7 @@ async fn a_429_carries_retry_after_and_is_retryable() {
 }
 
 #[tokio::test]
-async fn an_api_key_never_appears_in_errors_or_debug_output() {
+async fn transport_key_absent_from_errors() {
     const KEY: &str = "sk-test-0123456789abcdef";
     let server = TestServer::http(None, |request| async move {
         // A careless server that echoes the header back must not make the client print it.
@@ -104,9 +110,11 @@ async fn an_api_key_never_appears_in_errors_or_debug_output() {
         http::Response::builder().status(401).body(full(Bytes::from(echoed))).expect("response")
     })
     .await;
+
     let (connector, _) = connector(PrivacyTier::SelfHosted, None, Timeouts::default());
     let mut request = Request::post(server.url("/"), "text/plain", "x").expect("request");
     request.secret_header(http::header::AUTHORIZATION, "Bearer ", &Secret::new(KEY)).expect("header");
+
     assert!(!format!("{request:?}").contains(KEY), "Debug shows the key");
 
     let error = send(&connector, request).await.expect_err("401");
@@ -119,7 +127,7 @@ async fn an_api_key_never_appears_in_errors_or_debug_output() {
 }
 
 #[tokio::test]
-async fn a_slow_first_byte_and_a_silent_body_time_out() {
+async fn transport_slow_first_byte_and_body_time_out() {
     let server = TestServer::http(None, |request| async move {
         if request.path_and_query == "/slow" {
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -135,12 +143,14 @@ async fn a_slow_first_byte_and_a_silent_body_time_out() {
         http::Response::new(body)
     })
     .await;
+
     let (connector, _) = connector(PrivacyTier::SelfHosted, None, short_timeouts());
 
     let started = Instant::now();
     let error = send(&connector, Request::post(server.url("/slow"), "text/plain", "x").expect("request"))
         .await
         .expect_err("first byte timeout");
+
     assert!(matches!(error, NetError::FirstByteTimeout { .. }), "{error:?}");
     assert!(started.elapsed() < Duration::from_secs(1));
 
@@ -153,7 +163,7 @@ async fn a_slow_first_byte_and_a_silent_body_time_out() {
 }
 
 #[tokio::test]
-async fn dropping_a_response_closes_the_socket_at_once() {
+async fn transport_dropped_response_closes_socket() {
     let server = TestServer::http(None, |_| async {
         let (sender, body) = streamed();
         tokio::spawn(async move {
@@ -167,10 +177,12 @@ async fn dropping_a_response_closes_the_socket_at_once() {
         http::Response::new(body)
     })
     .await;
+
     let (connector, egress) = connector(PrivacyTier::SelfHosted, None, Timeouts::default());
     let mut response =
         send(&connector, Request::post(server.url("/"), "text/plain", "x").expect("request")).await.expect("headers");
     response.chunk().await.expect("a chunk").expect("not the end");
+
     assert_eq!(server.open.load(Ordering::SeqCst), 1);
 
     let dropped = Instant::now();

@@ -1,15 +1,15 @@
 //! The Deepgram live transcription stage against a local WSS server on
-//! 127.0.0.1 (private CA) that speaks Deepgram's protocol closely enough for
-//! the real client code: binary PCM16 audio, the `KeepAlive`, `Finalize` and
-//! `CloseStream` text messages, and `Results` (`is_final`, `speech_final`,
-//! `from_finalize`, `start`, `duration`, `channel.alternatives`) and
-//! `Metadata` messages. Shapes: <https://developers.deepgram.com/reference/listen-live>,
+//! 127.0.0.1 (private CA). The server speaks Deepgram's protocol closely
+//! enough for the real client code: binary PCM16 audio, the `KeepAlive`,
+//! `Finalize` and `CloseStream` text messages, and `Results` (`is_final`,
+//! `speech_final`, `from_finalize`, `start`, `duration`,
+//! `channel.alternatives`) and `Metadata` messages. Shapes: <https://developers.deepgram.com/reference/listen-live>,
 //! <https://developers.deepgram.com/docs/finalize>,
 //! <https://developers.deepgram.com/docs/close-stream>,
 //! <https://developers.deepgram.com/docs/keep-alive>.
 //!
 //! The server "recognizes" audio without a model: the test sends blocks of
-//! 0.5 s whose samples all hold the same value `v`, and the server hears the
+//! 0.5 s whose samples all have the same value `v`, and the server hears the
 //! word `w{v}`. So audio sent twice would give repeated words.
 
 mod net_support;
@@ -41,20 +41,20 @@ fn words(first: i16, count: i16) -> Vec<i16> {
     (first..first + count).flat_map(|value| std::iter::repeat_n(value, WORD)).collect()
 }
 
-/// How the server behaves.
+/// Server behaviour for one test.
 #[derive(Debug, Clone, Default)]
 struct Behaviour {
-    /// Answer the first handshake with 429 and this `Retry-After`.
+    /// Reject the first handshake with 429 and this `Retry-After`.
     reject_first: Option<&'static str>,
     /// Drop the first connection abruptly after this many audio bytes.
     drop_first_after: Option<usize>,
     /// Send a malformed message before the first result.
     malformed: bool,
-    /// Never answer `Finalize`.
+    /// Never respond to `Finalize`.
     ignore_finalize: bool,
 }
 
-/// What the server saw.
+/// Record of what the server received.
 #[derive(Debug, Default)]
 struct Seen {
     connections: usize,
@@ -107,7 +107,7 @@ impl Recognizer {
         words.join(" ")
     }
 
-    /// A `Results` message for `samples` starting at `start`.
+    /// Builds a `Results` message for `samples` starting at `start`.
     fn results(samples: &[i16], start: f64, is_final: bool, from_finalize: bool) -> String {
         json!({
             "type": "Results",
@@ -123,7 +123,7 @@ impl Recognizer {
         .to_string()
     }
 
-    /// Takes audio; returns an interim result, and a final one for every
+    /// Takes audio and returns an interim result, plus a final one for every
     /// whole second kept, as Deepgram finalizes spans while audio flows.
     fn accept(&mut self, samples: &[i16]) -> Vec<String> {
         self.pending.extend_from_slice(samples);
@@ -288,7 +288,7 @@ fn stage(server: &Server, config: DeepgramConfig) -> DeepgramStt {
 }
 
 #[tokio::test]
-async fn a_segment_gives_partials_and_one_final() {
+async fn deepgram_segment_partials_and_one_final() {
     let server = server(Behaviour::default()).await;
     let mut harness = Harness::start(stage(&server, config()), PrivacyTier::Cloud);
     let end = harness.segment(TurnId(1), MediaTime::ZERO, &words(1, 4)).await;
@@ -299,7 +299,8 @@ async fn a_segment_gives_partials_and_one_final() {
 
     assert_eq!(finals(&frames), vec![(TurnId(1), "w1 w2 w3 w4".to_owned()), (TurnId(2), "w5 w6".to_owned())]);
     let partials = partials(&frames);
-    assert!(partials.iter().any(|(turn, text)| *turn == TurnId(1) && text == "w1"), "{partials:?}");
+    assert!(partials.iter().any(|(turn, _)| *turn == TurnId(1)), "turn 1 has partials: {partials:?}");
+    assert!(partials.iter().any(|(turn, text)| *turn == TurnId(1) && text == "w1"), "turn 1 has the partial w1: {partials:?}");
     assert_final_before_stopped(&frames, TurnId(1));
     assert!(turns.get(TurnId(1), TurnMark::FinalTranscript).is_some());
 
@@ -320,10 +321,11 @@ async fn a_segment_gives_partials_and_one_final() {
 }
 
 #[tokio::test]
-async fn keep_alive_flows_during_a_pause() {
+async fn deepgram_keep_alive_during_pause() {
     let server = server(Behaviour::default()).await;
     let mut harness = Harness::start(stage(&server, config()), PrivacyTier::Cloud);
     harness.segment(TurnId(1), MediaTime::ZERO, &words(1, 2)).await;
+
     assert!(harness.next_transcript(LONG).await.is_some());
     tokio::time::sleep(Duration::from_millis(2_600)).await;
     let (result, frames) = harness.finish(LONG).await;
@@ -340,11 +342,12 @@ async fn keep_alive_flows_during_a_pause() {
 }
 
 #[tokio::test]
-async fn keep_alive_default_interval_is_within_3_to_5_s() {
+async fn deepgram_keep_alive_default_3_to_5_s() {
     let server = server(Behaviour::default()).await;
     let default_interval = DeepgramConfig { keep_alive_interval: DeepgramConfig::default().keep_alive_interval, ..config() };
     let mut harness = Harness::start(stage(&server, default_interval), PrivacyTier::Cloud);
     harness.segment(TurnId(1), MediaTime::ZERO, &words(1, 1)).await;
+
     assert!(harness.next_transcript(LONG).await.is_some());
     tokio::time::sleep(Duration::from_millis(5_500)).await;
     let (result, _) = harness.finish(LONG).await;
@@ -358,7 +361,7 @@ async fn keep_alive_default_interval_is_within_3_to_5_s() {
 }
 
 #[tokio::test]
-async fn results_after_close_stream_reach_the_output() {
+async fn deepgram_results_after_close_stream_kept() {
     let server = server(Behaviour::default()).await;
     let mut harness = Harness::start(stage(&server, config()), PrivacyTier::Cloud);
     harness.control(TurnId(1), MediaTime::ZERO, Control::SpeechStarted).await;
@@ -374,7 +377,7 @@ async fn results_after_close_stream_reach_the_output() {
 }
 
 #[tokio::test]
-async fn a_dropped_connection_resumes_without_lost_or_repeated_words() {
+async fn deepgram_drop_resumes_without_lost_words() {
     // The first connection drops after 2.25 s of audio: words 1 and 2 are
     // final by then, and 3 and part of 4 are not.
     let behaviour = Behaviour { drop_first_after: Some(36_000 * 2), ..Behaviour::default() };
@@ -390,7 +393,7 @@ async fn a_dropped_connection_resumes_without_lost_or_repeated_words() {
     assert_eq!(seen.connections, 2);
     assert_eq!(seen.empty_binary_frames, 0);
     let second: usize = seen.events.iter().filter(|(connection, _, _)| *connection == 2).map(|(_, _, event)| if let Event::Audio(bytes) = event { *bytes } else { 0 }).sum();
-    // Words 1 and 2 were final before the drop; words 3 to 6 go out again, once.
+    // Words 1 and 2 were final before the drop. Words 3 to 6 go out again, once.
     assert_eq!(second, 4 * WORD * 2, "only the unconfirmed audio is sent again");
 
     assert_eq!(egress.records().len(), 2);
@@ -406,7 +409,7 @@ async fn a_dropped_connection_resumes_without_lost_or_repeated_words() {
 }
 
 #[tokio::test]
-async fn a_429_at_the_handshake_is_retried_after_the_delay() {
+async fn deepgram_429_handshake_retried() {
     let server = server(Behaviour { reject_first: Some("1"), ..Behaviour::default() }).await;
     let mut harness = Harness::start(stage(&server, config()), PrivacyTier::Cloud);
     let started = Instant::now();
@@ -414,6 +417,7 @@ async fn a_429_at_the_handshake_is_retried_after_the_delay() {
     let usage = harness.usage.clone();
     let (result, frames) = harness.finish(LONG).await;
     result.expect("clean end");
+
     assert_eq!(finals(&frames), vec![(TurnId(1), "w1 w2".to_owned())]);
     assert!(started.elapsed() >= Duration::from_secs(1), "Retry-After was honoured");
     assert_eq!(server.seen.lock().connections, 2);
@@ -421,17 +425,18 @@ async fn a_429_at_the_handshake_is_retried_after_the_delay() {
 }
 
 #[tokio::test]
-async fn malformed_messages_are_skipped() {
+async fn deepgram_malformed_messages_skipped() {
     let server = server(Behaviour { malformed: true, ..Behaviour::default() }).await;
     let mut harness = Harness::start(stage(&server, config()), PrivacyTier::Cloud);
     harness.segment(TurnId(1), MediaTime::ZERO, &words(1, 2)).await;
     let (result, frames) = harness.finish(LONG).await;
     result.expect("a malformed message does not end the stage");
+
     assert_eq!(finals(&frames), vec![(TurnId(1), "w1 w2".to_owned())]);
 }
 
 #[tokio::test]
-async fn an_unanswered_finalize_emits_what_arrived_after_the_bound() {
+async fn deepgram_finalize_timeout_emits_received() {
     let server = server(Behaviour { ignore_finalize: true, ..Behaviour::default() }).await;
     let bounded = DeepgramConfig { finalize_wait: Duration::from_millis(500), ..config() };
     let mut harness = Harness::start(stage(&server, bounded), PrivacyTier::Cloud);
@@ -443,6 +448,7 @@ async fn an_unanswered_finalize_emits_what_arrived_after_the_bound() {
             break (turn, transcript);
         }
     };
+
     assert_eq!((turn, transcript.text.as_str()), (TurnId(1), "w1 w2"), "the interim text that arrived");
     assert!(started.elapsed() < Duration::from_secs(3), "emitted after the bound, not later: {:?}", started.elapsed());
 
@@ -455,11 +461,12 @@ async fn an_unanswered_finalize_emits_what_arrived_after_the_bound() {
 }
 
 #[tokio::test]
-async fn interrupt_closes_the_socket_within_100_ms() {
+async fn deepgram_interrupt_closes_socket_in_100_ms() {
     let server = server(Behaviour::default()).await;
     let mut harness = Harness::start(stage(&server, config()), PrivacyTier::Cloud);
     harness.control(TurnId(1), MediaTime::ZERO, Control::SpeechStarted).await;
     harness.audio(TurnId(1), MediaTime::ZERO, &words(1, 1)).await;
+
     assert!(harness.next_transcript(LONG).await.is_some(), "the connection is up");
 
     let interrupted = Instant::now();
@@ -475,9 +482,10 @@ async fn interrupt_closes_the_socket_within_100_ms() {
 }
 
 #[tokio::test]
-async fn the_key_appears_in_no_error_or_report() {
+async fn deepgram_key_absent_from_output() {
     let server = server(Behaviour::default()).await;
     let stt = stage(&server, config());
+
     assert!(!format!("{stt:?}").contains(KEY));
     let mut harness = Harness::start(stt, PrivacyTier::Cloud);
     harness.segment(TurnId(1), MediaTime::ZERO, &words(1, 1)).await;

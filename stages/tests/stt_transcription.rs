@@ -1,10 +1,11 @@
 //! The OpenAI-compatible transcription stage against a local server on
-//! 127.0.0.1 that speaks the endpoint's protocol: a `multipart/form-data`
-//! POST to `/v1/audio/transcriptions` with `file`, `model` and
-//! `response_format` fields, answered by `{"text": "..."}` (OpenAI's
-//! "Create transcription" reference and whisper.cpp's
-//! `examples/server/README.md`), and its failure modes: 429 with
-//! `Retry-After`, 500, a slow first byte, a body that is not JSON.
+//! 127.0.0.1 that speaks the endpoint's protocol. The client sends a
+//! `multipart/form-data` POST to `/v1/audio/transcriptions` with `file`,
+//! `model` and `response_format` fields, and the server responds with
+//! `{"text": "..."}` (OpenAI's "Create transcription" reference and
+//! whisper.cpp's `examples/server/README.md`). The server also produces the
+//! endpoint's failure modes: 429 with `Retry-After`, 500, a slow first byte,
+//! a body that is not JSON.
 
 mod net_support;
 mod stt_support;
@@ -111,21 +112,21 @@ fn field(parts: &[Part], name: &str) -> Option<String> {
     parts.iter().find(|part| part.name == name).map(|part| String::from_utf8_lossy(&part.content).into_owned())
 }
 
-/// A server that answers every request with `answers[n]` (the last one
-/// repeats) and keeps what it received.
-async fn scripted(answers: Vec<(u16, &'static str, Option<&'static str>)>) -> (TestServer, Arc<Mutex<Vec<SeenRequest>>>) {
+/// Starts a server that responds to request `n` with `responses[n]` (the
+/// last one repeats) and stores what it received.
+async fn scripted(responses: Vec<(u16, &'static str, Option<&'static str>)>) -> (TestServer, Arc<Mutex<Vec<SeenRequest>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = Arc::clone(&seen);
     let server = TestServer::http(None, move |request| {
         let log = Arc::clone(&log);
-        let answers = answers.clone();
+        let responses = responses.clone();
         async move {
             let index = {
                 let mut log = log.lock();
                 log.push(request);
                 log.len() - 1
             };
-            let (status, body, retry_after) = answers[index.min(answers.len() - 1)];
+            let (status, body, retry_after) = responses[index.min(responses.len() - 1)];
             let mut response = json(status, body);
             if let Some(seconds) = retry_after {
                 response.headers_mut().insert("retry-after", http::HeaderValue::from_static(seconds));
@@ -138,7 +139,7 @@ async fn scripted(answers: Vec<(u16, &'static str, Option<&'static str>)>) -> (T
 }
 
 #[tokio::test]
-async fn segments_are_posted_as_wav_and_transcribed_once() {
+async fn transcription_segments_posted_as_wav_once() {
     let (server, seen) = scripted(vec![(200, r#"{"text":" Hello world. ","segments":[],"language":"en"}"#, None)]).await;
     let config = TranscriptionConfig { language: Some("en".to_owned()), ..TranscriptionConfig::default() };
     let mut harness = Harness::start(stage(server.url("/v1"), config), PrivacyTier::SelfHosted);
@@ -181,16 +182,17 @@ async fn segments_are_posted_as_wav_and_transcribed_once() {
 }
 
 #[tokio::test]
-async fn final_transcript_is_marked() {
+async fn transcription_final_marked() {
     let (server, _) = scripted(vec![(200, r#"{"text":"yes"}"#, None)]).await;
     let mut harness = Harness::start(stage(server.url("/v1"), TranscriptionConfig::default()), PrivacyTier::SelfHosted);
     harness.segment(TurnId(3), MediaTime::ZERO, &tone(3200)).await;
+
     assert_eq!(harness.next_transcript(LONG).await.map(|(turn, transcript)| (turn, transcript.text)), Some((TurnId(3), "yes".to_owned())));
     assert!(harness.turns.get(TurnId(3), TurnMark::FinalTranscript).is_some());
 }
 
 #[tokio::test]
-async fn float_audio_is_sent_as_pcm16() {
+async fn transcription_float_audio_sent_as_pcm16() {
     let (server, seen) = scripted(vec![(200, r#"{"text":"ok"}"#, None)]).await;
     let mut harness = Harness::start(stage(server.url("/v1"), TranscriptionConfig::default()), PrivacyTier::SelfHosted);
     let samples = tone(640);
@@ -199,6 +201,7 @@ async fn float_audio_is_sent_as_pcm16() {
     harness.control(TurnId(1), end, Control::SpeechStopped).await;
     let (result, frames) = harness.finish(LONG).await;
     result.expect("clean end");
+
     assert_eq!(finals(&frames).len(), 1);
 
     let parts = parse_form(&seen.lock()[0]);
@@ -210,12 +213,13 @@ async fn float_audio_is_sent_as_pcm16() {
 }
 
 #[tokio::test]
-async fn a_429_with_retry_after_is_retried() {
+async fn transcription_429_retry_after_retried() {
     let (server, seen) = scripted(vec![
         (429, r#"{"error":{"message":"Rate limit reached","type":"rate_limit_error"}}"#, Some("1")),
         (200, r#"{"text":"after the wait"}"#, None),
     ])
     .await;
+
     let mut harness = Harness::start(stage(server.url("/v1"), TranscriptionConfig::default()), PrivacyTier::SelfHosted);
     let started = Instant::now();
     harness.segment(TurnId(1), MediaTime::ZERO, &tone(1600)).await;
@@ -231,18 +235,19 @@ async fn a_429_with_retry_after_is_retried() {
 }
 
 #[tokio::test]
-async fn a_500_is_retried() {
+async fn transcription_500_retried() {
     let (server, seen) = scripted(vec![(500, r#"{"error":"model busy"}"#, None), (200, r#"{"text":"second try"}"#, None)]).await;
     let mut harness = Harness::start(stage(server.url("/v1"), TranscriptionConfig::default()), PrivacyTier::SelfHosted);
     harness.segment(TurnId(1), MediaTime::ZERO, &tone(1600)).await;
     let (result, frames) = harness.finish(LONG).await;
     result.expect("the retry succeeds");
+
     assert_eq!(finals(&frames), vec![(TurnId(1), "second try".to_owned())]);
     assert_eq!(seen.lock().len(), 2);
 }
 
 #[tokio::test]
-async fn a_slow_first_byte_times_out_and_is_retried() {
+async fn transcription_slow_first_byte_retried() {
     let calls = Arc::new(Mutex::new(0_u32));
     let counter = Arc::clone(&calls);
     let server = TestServer::http(None, move |_| {
@@ -261,33 +266,37 @@ async fn a_slow_first_byte_times_out_and_is_retried() {
         }
     })
     .await;
+
     let mut harness = Harness::start(stage(server.url("/v1"), TranscriptionConfig::default()), PrivacyTier::SelfHosted);
     harness.segment(TurnId(1), MediaTime::ZERO, &tone(1600)).await;
     let (result, frames) = harness.finish(LONG).await;
     result.expect("the retry succeeds");
+
     assert_eq!(finals(&frames), vec![(TurnId(1), "in time".to_owned())]);
     assert_eq!(*calls.lock(), 2);
 }
 
 #[tokio::test]
-async fn a_slow_answer_within_the_limit_is_awaited() {
+async fn transcription_slow_response_within_limit_awaited() {
     let server = TestServer::http(None, |_| async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         json(200, r#"{"text":"slow but fine"}"#)
     })
     .await;
+
     let mut harness = Harness::start(stage(server.url("/v1"), TranscriptionConfig::default()), PrivacyTier::SelfHosted);
     harness.segment(TurnId(1), MediaTime::ZERO, &tone(1600)).await;
     let usage = harness.usage.clone();
     let (result, frames) = harness.finish(LONG).await;
     result.expect("clean end");
+
     assert_eq!(finals(&frames), vec![(TurnId(1), "slow but fine".to_owned())]);
     let first_byte = usage.records()[0].first_byte_p50_ms.expect("a first byte time");
     assert!(first_byte >= 250.0, "first byte {first_byte} ms");
 }
 
 #[tokio::test]
-async fn malformed_json_ends_the_stage_with_a_typed_error() {
+async fn transcription_malformed_json_typed_error() {
     let (server, seen) = scripted(vec![(200, "<html><body>Whisper server</body></html>", None)]).await;
     let mut harness = Harness::start(stage(server.url("/v1"), TranscriptionConfig::default()), PrivacyTier::SelfHosted);
     harness.segment(TurnId(1), MediaTime::ZERO, &tone(1600)).await;
@@ -298,24 +307,25 @@ async fn malformed_json_ends_the_stage_with_a_typed_error() {
     assert!(error.to_string().contains("response_format=json"), "{error}");
     assert!(error.to_string().contains("<html>"), "the error shows the start of the body: {error}");
     assert!(finals(&frames).is_empty());
-    assert_eq!(seen.lock().len(), 1, "a malformed answer is not retried");
+    assert_eq!(seen.lock().len(), 1, "a malformed response is not retried");
 }
 
 #[tokio::test]
-async fn retries_run_out_with_a_retryable_error() {
+async fn transcription_retries_exhausted_retryable() {
     let (server, seen) = scripted(vec![(503, r#"{"error":"overloaded"}"#, None)]).await;
     let mut harness = Harness::start(stage(server.url("/v1"), TranscriptionConfig::default()), PrivacyTier::SelfHosted);
     harness.segment(TurnId(1), MediaTime::ZERO, &tone(1600)).await;
     let usage = harness.usage.clone();
     let (result, _) = harness.finish(LONG).await;
     let error = result.expect_err("every attempt fails");
+
     assert!(error.is_retryable(), "the fallback wrapper sees a retryable error: {error}");
     assert_eq!(seen.lock().len(), 4, "one attempt and three retries");
     assert_eq!(usage.records()[0].failures, 4);
 }
 
 #[tokio::test]
-async fn empty_and_tag_only_results_give_no_final() {
+async fn transcription_empty_results_no_final() {
     let (server, _) = scripted(vec![(200, r#"{"text":""}"#, None), (200, r#"{"text":" [BLANK_AUDIO]"}"#, None), (200, r#"{"text":"real words"}"#, None)]).await;
     let mut harness = Harness::start(stage(server.url("/v1"), TranscriptionConfig::default()), PrivacyTier::SelfHosted);
     harness.segment(TurnId(1), MediaTime::ZERO, &tone(1600)).await;
@@ -323,17 +333,19 @@ async fn empty_and_tag_only_results_give_no_final() {
     harness.segment(TurnId(3), at_samples(8000), &tone(1600)).await;
     let (result, frames) = harness.finish(LONG).await;
     result.expect("clean end");
+
     assert_eq!(finals(&frames), vec![(TurnId(3), "real words".to_owned())]);
 }
 
 #[tokio::test]
-async fn a_segment_over_the_limit_sends_its_first_part() {
+async fn transcription_long_segment_sends_first_part() {
     let (server, seen) = scripted(vec![(200, r#"{"text":"long"}"#, None)]).await;
     let config = TranscriptionConfig { max_segment: Duration::from_millis(100), ..TranscriptionConfig::default() };
     let mut harness = Harness::start(stage(server.url("/v1"), config), PrivacyTier::SelfHosted);
     harness.segment(TurnId(1), MediaTime::ZERO, &tone(4800)).await;
     let (result, frames) = harness.finish(LONG).await;
     result.expect("clean end");
+
     assert_eq!(finals(&frames).len(), 1);
 
     let parts = parse_form(&seen.lock()[0]);
@@ -343,22 +355,23 @@ async fn a_segment_over_the_limit_sends_its_first_part() {
 }
 
 #[tokio::test]
-async fn input_ending_mid_segment_is_transcribed() {
+async fn transcription_input_end_mid_segment() {
     let (server, _) = scripted(vec![(200, r#"{"text":"cut short"}"#, None)]).await;
     let mut harness = Harness::start(stage(server.url("/v1"), TranscriptionConfig::default()), PrivacyTier::SelfHosted);
     harness.control(TurnId(1), MediaTime::ZERO, Control::SpeechStarted).await;
     harness.audio(TurnId(1), MediaTime::ZERO, &tone(1600)).await;
     let (result, frames) = harness.finish(LONG).await;
     result.expect("clean end");
+
     assert_eq!(finals(&frames), vec![(TurnId(1), "cut short".to_owned())]);
 }
 
 #[tokio::test]
-async fn interrupted_and_stale_turns_are_not_sent() {
+async fn transcription_interrupted_turns_not_sent() {
     let (server, seen) = scripted(vec![(200, r#"{"text":"kept"}"#, None)]).await;
     let mut harness = Harness::start(stage(server.url("/v1"), TranscriptionConfig::default()), PrivacyTier::SelfHosted);
 
-    // Turn 1 is interrupted before it ends; its late audio opens nothing.
+    // Turn 1 is interrupted before it ends, so its late audio opens nothing.
     harness.control(TurnId(1), MediaTime::ZERO, Control::SpeechStarted).await;
     let end = harness.audio(TurnId(1), MediaTime::ZERO, &tone(1600)).await;
     harness.control(TurnId(1), end, Control::Interrupt).await;
@@ -374,7 +387,7 @@ async fn interrupted_and_stale_turns_are_not_sent() {
 }
 
 #[tokio::test]
-async fn egress_and_usage_show_bytes_and_audio_seconds() {
+async fn transcription_egress_and_usage_recorded() {
     let (server, _) = scripted(vec![(200, r#"{"text":"counted"}"#, None)]).await;
     let mut harness = Harness::start(stage(server.url("/v1"), TranscriptionConfig::default()), PrivacyTier::SelfHosted);
     // 1.5 s of audio: 48,000 bytes of PCM in the WAV.
@@ -389,7 +402,8 @@ async fn egress_and_usage_show_bytes_and_audio_seconds() {
     assert_eq!((record.host.as_str(), record.port, record.scheme.as_str()), ("127.0.0.1", server.address.port(), "http"));
     assert_eq!(record.stage, "stt");
     assert!(record.bytes_sent > 48_044, "the WAV and the form went out: {record:?}");
-    assert!(record.bytes_received > 0 && record.bytes_received < 2_000, "{record:?}");
+    assert!(record.bytes_received > 0, "a response was received: {record:?}");
+    assert!(record.bytes_received < 2_000, "the response is only the small JSON body: {record:?}");
     assert!(record.ended_unix_ms.is_some(), "the connection is closed");
 
     let usage = usage.records();
@@ -400,8 +414,8 @@ async fn egress_and_usage_show_bytes_and_audio_seconds() {
 }
 
 #[tokio::test]
-async fn interrupt_during_the_request_closes_it_within_100_ms() {
-    // A raw server that reads the request, never answers, and notes when the client hangs up.
+async fn transcription_interrupt_closes_request_in_100_ms() {
+    // A raw server that reads the request, never responds, and records when the client hangs up.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
     let (received_tx, received_rx) = tokio::sync::oneshot::channel::<()>();
@@ -440,6 +454,7 @@ async fn interrupt_during_the_request_closes_it_within_100_ms() {
     harness.control(TurnId(1), MediaTime::ZERO, Control::Interrupt).await;
     let closed = tokio::time::timeout(LONG, closed_rx).await.expect("the client hangs up").expect("sent");
     let elapsed = closed.saturating_duration_since(interrupted);
+
     assert!(elapsed < Duration::from_millis(100), "the server saw the close {elapsed:?} after the interrupt");
 
     let (result, frames) = harness.finish(LONG).await;
@@ -449,13 +464,14 @@ async fn interrupt_during_the_request_closes_it_within_100_ms() {
 }
 
 #[tokio::test]
-async fn the_key_appears_in_no_error_or_report() {
+async fn transcription_key_absent_from_output() {
     let server = TestServer::http(None, |request| async move {
         // A careless server that echoes the header back.
         let echoed = request.headers.get("authorization").map(|value| value.as_bytes().to_vec()).unwrap_or_default();
         http::Response::builder().status(401).body(full(Bytes::from(echoed))).expect("response")
     })
     .await;
+
     let stt = stage(server.url("/v1"), TranscriptionConfig::default());
     assert!(!format!("{stt:?}").contains(KEY), "Debug of the stage shows the key");
     let mut harness = Harness::start(stt, PrivacyTier::SelfHosted);
@@ -471,13 +487,14 @@ async fn the_key_appears_in_no_error_or_report() {
 }
 
 #[tokio::test]
-async fn an_on_device_pipeline_opens_no_socket() {
+async fn transcription_on_device_opens_no_socket() {
     let (server, seen) = scripted(vec![(200, r#"{"text":"never"}"#, None)]).await;
     let mut harness = Harness::start(stage(server.url("/v1"), TranscriptionConfig::default()), PrivacyTier::OnDevice);
     harness.segment(TurnId(1), MediaTime::ZERO, &tone(1600)).await;
     let egress = harness.egress.clone();
     let (result, _) = harness.finish(LONG).await;
     let error = result.expect_err("the tier forbids the connection");
+
     assert_eq!(error.class(), ErrorClass::Config, "{error}");
     assert!(seen.lock().is_empty());
     assert!(egress.records().is_empty());

@@ -1,15 +1,16 @@
 //! The streaming WebSocket stage against a local server on 127.0.0.1 that
 //! speaks the protocol of Vosk's WebSocket server (alphacep/vosk-server,
-//! `websocket/asr_server.py` and `websocket/test.py`): a `{"config": ...}`
-//! text message first, binary PCM16 frames each answered by one
-//! `{"partial": ...}` or `{"text": ...}` result, and `{"eof" : 1}` answered
-//! by the final result, after which the server closes.
+//! `websocket/asr_server.py` and `websocket/test.py`). The client sends a
+//! `{"config": ...}` text message first, then binary PCM16 frames, and the
+//! server responds to each frame with one `{"partial": ...}` or
+//! `{"text": ...}` result. The server responds to `{"eof" : 1}` with the
+//! final result and then closes.
 //!
 //! Its first connection can fail the way servers do: a drop mid-utterance,
 //! a 429 at the handshake, or a result that is not JSON.
 //!
 //! The server "recognizes" audio without a model: blocks of 0.5 s whose
-//! samples all hold the value `v` are the word `w{v}`, and it ends an
+//! samples all have the value `v` are the word `w{v}`, and it ends an
 //! utterance (a final result) after every two words.
 
 mod stt_support;
@@ -67,20 +68,20 @@ impl Drop for Server {
     }
 }
 
-/// What goes wrong on the server's first connection.
+/// Fault injected on the server's first connection.
 #[derive(Debug, Clone, Copy)]
 enum Fault {
     /// Nothing.
     None,
     /// The connection drops after this many audio bytes.
     DropAfter(usize),
-    /// The handshake is answered with 429 Too Many Requests.
+    /// The server responds to the handshake with 429 Too Many Requests.
     RateLimited,
     /// The first result is not JSON.
     Malformed,
 }
 
-/// A Vosk-like server with `fault` on its first connection.
+/// Starts a Vosk-like server with `fault` on its first connection.
 async fn server_with(fault: Fault) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
@@ -98,7 +99,7 @@ async fn server_with(fault: Fault) -> Server {
             let log = Arc::clone(&log);
             tokio::spawn(async move {
                 if connection == 1 && matches!(fault, Fault::RateLimited) {
-                    // Read the upgrade request, then refuse it as a rate-limited server would.
+                    // Read the upgrade request, then reject it as a rate-limited server would.
                     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
                     let mut stream = stream;
                     let mut request = vec![0_u8; 4096];
@@ -165,7 +166,7 @@ async fn server_with(fault: Fault) -> Server {
     Server { address, seen, task }
 }
 
-/// A Vosk-like server; the first connection drops after `drop_first_after` audio bytes.
+/// Starts a Vosk-like server whose first connection drops after `drop_first_after` audio bytes.
 async fn server(drop_first_after: Option<usize>) -> Server {
     server_with(drop_first_after.map_or(Fault::None, Fault::DropAfter)).await
 }
@@ -178,7 +179,7 @@ fn stage(server: &Server) -> WebSocketStt {
 }
 
 #[tokio::test]
-async fn a_segment_gives_partials_and_one_final() {
+async fn websocket_segment_partials_and_one_final() {
     let server = server(None).await;
     let mut harness = Harness::start(stage(&server), PrivacyTier::SelfHosted);
     let end = harness.segment(TurnId(1), MediaTime::ZERO, &words(1, 3)).await;
@@ -186,10 +187,11 @@ async fn a_segment_gives_partials_and_one_final() {
     let (result, frames) = harness.finish(LONG).await;
     result.expect("clean end");
 
-    // The server ended an utterance after w2; the segment still has one final.
+    // The server ended an utterance after w2, but the segment still has one final.
     assert_eq!(finals(&frames), vec![(TurnId(1), "w1 w2 w3".to_owned()), (TurnId(2), "w4".to_owned())]);
     let partials = partials(&frames);
-    assert!(partials.iter().any(|(turn, text)| *turn == TurnId(1) && text == "w1"), "{partials:?}");
+    assert!(partials.iter().any(|(turn, _)| *turn == TurnId(1)), "turn 1 has partials: {partials:?}");
+    assert!(partials.iter().any(|(turn, text)| *turn == TurnId(1) && text == "w1"), "turn 1 has the partial w1: {partials:?}");
     assert_final_before_stopped(&frames, TurnId(1));
 
     let seen = server.seen.lock();
@@ -202,7 +204,7 @@ async fn a_segment_gives_partials_and_one_final() {
 }
 
 #[tokio::test]
-async fn a_dropped_connection_resumes_without_lost_or_repeated_words() {
+async fn websocket_drop_resumes_without_lost_words() {
     // The first connection drops after 1.25 s of audio: w1 w2 are final by then.
     let server = server(Some(20_000 * 2)).await;
     let mut harness = Harness::start(stage(&server), PrivacyTier::SelfHosted);
@@ -225,11 +227,12 @@ async fn a_dropped_connection_resumes_without_lost_or_repeated_words() {
 }
 
 #[tokio::test]
-async fn interrupt_closes_the_socket_within_100_ms() {
+async fn websocket_interrupt_closes_socket_in_100_ms() {
     let server = server(None).await;
     let mut harness = Harness::start(stage(&server), PrivacyTier::SelfHosted);
     harness.control(TurnId(1), MediaTime::ZERO, Control::SpeechStarted).await;
     harness.audio(TurnId(1), MediaTime::ZERO, &words(1, 1)).await;
+
     assert!(harness.next_transcript(LONG).await.is_some(), "the connection is up");
 
     let interrupted = Instant::now();
@@ -248,23 +251,25 @@ async fn interrupt_closes_the_socket_within_100_ms() {
 }
 
 #[tokio::test]
-async fn a_429_at_the_handshake_is_retried() {
+async fn websocket_429_handshake_retried() {
     let server = server_with(Fault::RateLimited).await;
     let mut harness = Harness::start(stage(&server), PrivacyTier::SelfHosted);
     harness.segment(TurnId(1), MediaTime::ZERO, &words(1, 3)).await;
     let (result, frames) = harness.finish(LONG).await;
     result.expect("clean end");
+
     assert_eq!(finals(&frames), vec![(TurnId(1), "w1 w2 w3".to_owned())]);
-    assert_eq!(server.seen.lock().connections, 2, "the refused handshake and the retry");
+    assert_eq!(server.seen.lock().connections, 2, "the rejected handshake and the retry");
 }
 
 #[tokio::test]
-async fn a_malformed_result_is_skipped() {
+async fn websocket_malformed_result_skipped() {
     let server = server_with(Fault::Malformed).await;
     let mut harness = Harness::start(stage(&server), PrivacyTier::SelfHosted);
     harness.segment(TurnId(1), MediaTime::ZERO, &words(1, 3)).await;
     let (result, frames) = harness.finish(LONG).await;
     result.expect("a malformed message does not end the stage");
+
     assert_eq!(finals(&frames), vec![(TurnId(1), "w1 w2 w3".to_owned())]);
     assert_eq!(server.seen.lock().connections, 1);
 }

@@ -2,16 +2,16 @@
 //! the stream-input protocol
 //! (<https://elevenlabs.io/docs/api-reference/websockets>): the client opens
 //! with `{"text": " "}`, sends text that ends with a space, a single space as
-//! keep-alive, and `{"text": ""}` to end the input; the server answers with
+//! keep-alive, and `{"text": ""}` to end the input. The server responds with
 //! `{"audio": base64, "isFinal": null, ...}` messages, then
 //! `{"isFinal": true}`, and closes. The server here closes a connection that
 //! sends nothing for its inactivity timeout, as ElevenLabs does after 20 s
 //! (shortened for the test), with the message shape ElevenLabs uses for it.
 //!
-//! The server synthesizes a tone per text and the tests check that the
-//! stage emits exactly those samples, the order of the client's messages,
-//! and the failure modes: a drop before audio, bad base64, malformed JSON,
-//! a close without `isFinal`, an interrupt, and a refused key.
+//! The server synthesizes a tone per text. The tests check that the stage
+//! emits exactly those samples, the order of the client's messages, and the
+//! failure modes: a drop before audio, bad base64, malformed JSON,
+//! a close without `isFinal`, an interrupt, and a rejected key.
 
 mod net_support;
 
@@ -51,9 +51,9 @@ fn text(turn: u64, text: &str, last: bool) -> Frame {
     Frame::new(meta(turn), Payload::Text(TextDelta { text: text.to_owned(), last }))
 }
 
-/// The tone the server "synthesizes" for `text`: its length and pattern
-/// depend on the text, and it holds both extremes, so samples that are
-/// shifted, lost or repeated cannot go unnoticed.
+/// Returns the tone the server "synthesizes" for `text`. Its length and
+/// pattern depend on the text, and it contains both extremes, so samples
+/// that are shifted, lost or repeated cannot go unnoticed.
 fn tone_for(text: &str) -> Vec<i16> {
     let text = text.trim();
     let count = 90 * text.len() + 7;
@@ -78,14 +78,14 @@ fn audio_message(pcm: &[u8]) -> Message {
     Message::text(json!({"audio": encoded, "isFinal": null, "normalizedAlignment": null, "alignment": null}).to_string())
 }
 
-/// How the test server misbehaves.
+/// Test server behaviour, including its faults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     /// Speaks every text and ends with `isFinal`.
     Normal,
     /// The first connection drops after its first text, before any audio.
     DropBeforeAudio,
-    /// Answers the first text with audio that is not base64.
+    /// Responds to the first text with audio that is not base64.
     BadBase64,
     /// Follows the first audio with a message that is not JSON.
     MalformedAfterAudio,
@@ -228,14 +228,14 @@ fn check_turn(audio: &[(TurnId, MediaTime, Vec<f32>)], turn: u64, texts: &[&str]
     assert!(samples == expected, "the samples of turn {turn} differ from the server's");
 }
 
-/// The `text` fields a connection received, in order.
+/// Returns the `text` fields a connection received, in order.
 fn texts_of(messages: &[Value]) -> Vec<String> {
     messages.iter().map(|message| message["text"].as_str().expect("text").to_owned()).collect()
 }
 
 #[tokio::test]
-async fn messages_follow_the_protocol_and_audio_is_exact() {
-    // The server closes a connection that is silent for 300 ms; the client's
+async fn elevenlabs_protocol_and_exact_audio() {
+    // The server closes a connection that is silent for 300 ms, so the client's
     // keep-alive every 100 ms must carry it through a 700 ms pause.
     let (server, tls, log) = eleven_server(Mode::Normal, Duration::from_millis(300)).await;
     let mut running = TtsRun::start(stage(endpoint(&server, &tls, 0), Duration::from_millis(100)), SESSION, PrivacyTier::Cloud);
@@ -243,6 +243,7 @@ async fn messages_follow_the_protocol_and_audio_is_exact() {
     running.send(text(1, "Hello there.", false)).await;
     // Audio flows back while the turn's text is still open.
     let first = running.next().await;
+
     assert_eq!(first.as_audio().map(|audio| audio.frames()), Some(FRAME), "{first:?}");
     assert_eq!((first.meta.turn, first.meta.timestamp), (TurnId(1), MediaTime::ZERO));
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -273,7 +274,7 @@ async fn messages_follow_the_protocol_and_audio_is_exact() {
     let texts = texts_of(messages);
     let how = texts.iter().position(|text| text == "How are you? ").expect("the second sentence is sent");
     let keep_alives = texts[2..how].iter().filter(|text| *text == " ").count();
-    assert!(keep_alives >= 3, "a 700 ms pause holds keep-alives every 100 ms: {texts:?}");
+    assert!(keep_alives >= 3, "a 700 ms pause contains keep-alives every 100 ms: {texts:?}");
     assert_eq!(texts[2..how].len(), keep_alives, "only keep-alives during the pause: {texts:?}");
     assert_eq!(texts.iter().filter(|text| text.is_empty()).count(), 1, "exactly one end of input: {texts:?}");
     assert_eq!(texts.last().map(String::as_str), Some(""), "the end of input comes last: {texts:?}");
@@ -293,7 +294,7 @@ async fn messages_follow_the_protocol_and_audio_is_exact() {
 }
 
 #[tokio::test]
-async fn a_drop_before_audio_is_retried_with_the_turn_text() {
+async fn elevenlabs_drop_before_audio_retried() {
     let (server, tls, log) = eleven_server(Mode::DropBeforeAudio, Duration::from_secs(5)).await;
     let running = TtsRun::start(stage(endpoint(&server, &tls, 2), Duration::from_secs(1)), SESSION, PrivacyTier::Cloud);
 
@@ -305,6 +306,7 @@ async fn a_drop_before_audio_is_retried_with_the_turn_text() {
     result.expect("the second connection succeeds");
     check_turn(&audio_of(&frames), 1, &["One.", "Two."]);
     let log = log.lock().expect("lock").clone();
+
     assert_eq!(log.len(), 2);
     let replayed = texts_of(&log[1].1);
     assert_eq!(replayed, vec![" ", "One. ", "Two. ", ""], "the new connection gets the turn's text so far");
@@ -314,7 +316,7 @@ async fn a_drop_before_audio_is_retried_with_the_turn_text() {
 }
 
 #[tokio::test]
-async fn bad_base64_before_audio_fails_the_stage() {
+async fn elevenlabs_bad_base64_fails_stage() {
     let (server, tls, log) = eleven_server(Mode::BadBase64, Duration::from_secs(5)).await;
     let running = TtsRun::start(stage(endpoint(&server, &tls, 2), Duration::from_secs(1)), SESSION, PrivacyTier::Cloud);
 
@@ -329,7 +331,7 @@ async fn bad_base64_before_audio_fails_the_stage() {
 }
 
 #[tokio::test]
-async fn malformed_json_after_audio_is_reported_and_the_next_turn_speaks() {
+async fn elevenlabs_malformed_json_after_audio_reported() {
     let (server, tls, _log) = eleven_server(Mode::MalformedAfterAudio, Duration::from_secs(5)).await;
     let running = TtsRun::start(stage(endpoint(&server, &tls, 2), Duration::from_secs(1)), SESSION, PrivacyTier::Cloud);
 
@@ -357,6 +359,7 @@ async fn malformed_json_after_audio_is_reported_and_the_next_turn_speaks() {
             _ => None,
         })
         .expect("the failure is reported downstream");
+
     assert!(failure.message.contains("malformed"), "{}", failure.message);
     let audio = audio_of(&frames);
     check_turn(&audio, 1, &["Hello."]);
@@ -364,7 +367,7 @@ async fn malformed_json_after_audio_is_reported_and_the_next_turn_speaks() {
 }
 
 #[tokio::test]
-async fn a_close_without_is_final_is_reported() {
+async fn elevenlabs_close_without_is_final_reported() {
     let (server, tls, _log) = eleven_server(Mode::NoFinal, Duration::from_secs(5)).await;
     let running = TtsRun::start(stage(endpoint(&server, &tls, 2), Duration::from_secs(1)), SESSION, PrivacyTier::Cloud);
 
@@ -380,16 +383,18 @@ async fn a_close_without_is_final_is_reported() {
             _ => None,
         })
         .expect("the missing end marker is reported");
+
     assert!(failure.message.contains("isFinal"), "{}", failure.message);
 }
 
 #[tokio::test]
-async fn interrupt_closes_the_socket_within_100_ms() {
+async fn elevenlabs_interrupt_closes_socket_in_100_ms() {
     let (server, tls, log) = eleven_server(Mode::Endless, Duration::from_secs(5)).await;
     let mut running = TtsRun::start(stage(endpoint(&server, &tls, 0), Duration::from_secs(1)), SESSION, PrivacyTier::Cloud);
 
     running.send(text(1, "Go on forever.", false)).await;
     let first = running.next().await;
+
     assert!(first.as_audio().is_some(), "{first:?}");
     assert_eq!(server.open.load(Ordering::SeqCst), 1);
 
@@ -409,13 +414,14 @@ async fn interrupt_closes_the_socket_within_100_ms() {
 }
 
 #[tokio::test]
-async fn the_api_key_never_appears_in_output() {
-    // A handshake refused with 401 by a server that echoes the key back.
+async fn elevenlabs_key_absent_from_output() {
+    // A handshake rejected with 401 by a server that echoes the key back.
     let server = TestServer::http(None, |request| async move {
         let echoed = request.headers.get("xi-api-key").map(|value| value.as_bytes().to_vec()).unwrap_or_default();
         http::Response::builder().status(401).body(full(echoed)).expect("response")
     })
     .await;
+
     let endpoint = Endpoint::new("elevenlabs", Hosting::SelfHosted, server.ws_url(""))
         .expect("endpoint")
         .with_api_key(Secret::new(KEY));
@@ -427,7 +433,8 @@ async fn the_api_key_never_appears_in_output() {
     let (usage, egress) = (running.usage.clone(), running.egress.clone());
     let (frames, result) = running.finish().await;
 
-    let error = result.expect_err("a refused key fails the stage");
+    let error = result.expect_err("a rejected key fails the stage");
+
     assert!(error.to_string().contains("401"), "{error}");
     assert_key_hidden(KEY, &[
         described,
@@ -440,7 +447,7 @@ async fn the_api_key_never_appears_in_output() {
 }
 
 #[test]
-fn invalid_settings_are_rejected() {
+fn elevenlabs_invalid_settings_rejected() {
     let url = url::Url::parse("wss://api.elevenlabs.io").expect("url");
     let endpoint = Endpoint::new("elevenlabs", Hosting::Cloud, url).expect("endpoint");
     let build = |config: ElevenLabsConfig| ElevenLabsTts::new(name("tts"), endpoint.clone(), config);

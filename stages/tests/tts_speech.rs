@@ -1,13 +1,13 @@
 //! The OpenAI-compatible speech stage against local servers on 127.0.0.1
 //! that speak the "Create speech" API: `POST /v1/audio/speech` with a JSON
-//! body, answered with raw PCM (`response_format: "pcm"`, 16-bit signed
+//! body and raw PCM in response (`response_format: "pcm"`, 16-bit signed
 //! little-endian mono, 24 kHz for OpenAI).
 //! Source: <https://platform.openai.com/docs/api-reference/audio/createSpeech>.
 //!
-//! The servers synthesize a tone and the tests check that the stage emits
+//! The servers synthesize a tone. The tests check that the stage emits
 //! exactly those samples however the body is split, and its behaviour on a
 //! dropped connection, a slow first byte, a 429 with `Retry-After`, an
-//! interrupt, and a refused key.
+//! interrupt, and a rejected key.
 
 mod net_support;
 
@@ -47,9 +47,9 @@ fn text(turn: u64, text: &str, last: bool) -> Frame {
     Frame::new(meta(turn), Payload::Text(TextDelta { text: text.to_owned(), last }))
 }
 
-/// A tone the test server "synthesizes": a 440 Hz sine with both extremes
-/// and bytes that differ between the low and the high half, so a sample
-/// shifted by one byte cannot go unnoticed.
+/// Returns a tone the test server "synthesizes": a 440 Hz sine with both
+/// extremes and bytes that differ between the low and the high half, so a
+/// sample shifted by one byte cannot go unnoticed.
 fn tone(samples: usize, seed: i16) -> Vec<i16> {
     let mut tone: Vec<i16> = (0..samples)
         .map(|index| {
@@ -72,7 +72,7 @@ fn as_f32(samples: &[i16]) -> Vec<f32> {
     samples.iter().map(|&sample| f32::from(sample) / 32_768.0).collect()
 }
 
-/// The `input` field of a request's JSON body.
+/// Returns the `input` field of a request's JSON body.
 fn input_of(request: &SeenRequest) -> String {
     let body: serde_json::Value = serde_json::from_slice(&request.body).expect("the request body is JSON");
     body["input"].as_str().expect("input is a string").to_owned()
@@ -155,8 +155,8 @@ fn split_body(samples: &[i16], sizes: &'static [usize]) -> http::Response<net_su
 }
 
 #[tokio::test]
-async fn pcm_split_at_odd_offsets_keeps_every_sample() {
-    // Odd sizes and single bytes leave a stray byte at most reads; the
+async fn speech_pcm_split_at_odd_offsets() {
+    // Odd sizes and single bytes leave a stray byte at most reads, and the
     // larger sizes keep the test short.
     const SIZES: &[usize] = &[1, 3, 1, 1, 5, 7, 2, 1, 63, 1, 255, 9, 1001];
     let hello = tone(1_250, 0);
@@ -174,6 +174,7 @@ async fn pcm_split_at_odd_offsets_keeps_every_sample() {
         async move { split_body(&samples, SIZES) }
     })
     .await;
+
     let running = TtsRun::start(stage(endpoint(&server, Timeouts::default(), 0)), SESSION, PrivacyTier::SelfHosted);
 
     running.send(text(1, "Hello there.", false)).await;
@@ -186,6 +187,7 @@ async fn pcm_split_at_odd_offsets_keeps_every_sample() {
     let audio = audio_of(&frames);
     check_turn(&audio, 1, &[&hello, &how]);
     check_turn(&audio, 2, &[&again]);
+
     assert!(turns.get(TurnId(1), TurnMark::FirstTtsAudio).is_some());
     assert!(turns.get(TurnId(2), TurnMark::FirstTtsAudio).is_some());
 
@@ -220,7 +222,7 @@ async fn pcm_split_at_odd_offsets_keeps_every_sample() {
 }
 
 #[tokio::test]
-async fn audio_streams_before_the_body_ends() {
+async fn speech_audio_streams_before_body_ends() {
     let release = Arc::new(tokio::sync::Notify::new());
     let gate = Arc::clone(&release);
     let server = TestServer::http(None, move |_| {
@@ -239,6 +241,7 @@ async fn audio_streams_before_the_body_ends() {
         }
     })
     .await;
+
     let mut running = TtsRun::start(stage(endpoint(&server, Timeouts::default(), 0)), SESSION, PrivacyTier::SelfHosted);
 
     running.send(text(1, "A long sentence.", true)).await;
@@ -255,9 +258,10 @@ async fn audio_streams_before_the_body_ends() {
     assert_eq!(rest, 2 * FRAME);
 }
 
-/// A server written on raw TCP, for a response cut off in the middle of its
-/// body: it announces `Content-Length` for the whole tone, sends `sent`
-/// samples of it, and closes the connection. Other inputs get a whole tone.
+/// Starts a raw TCP server that cuts the response to `cut_input` off in the
+/// middle of its body. It announces `Content-Length` for the whole tone,
+/// sends `sent` samples of it and closes the connection. Other inputs get a
+/// whole tone.
 async fn cutting_server(cut_input: &'static str, sent: usize) -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
@@ -315,7 +319,7 @@ async fn cutting_server(cut_input: &'static str, sent: usize) -> (std::net::Sock
 }
 
 #[tokio::test]
-async fn connection_dropped_mid_body_is_reported_and_the_reply_goes_on() {
+async fn speech_drop_mid_body_reported() {
     let (address, inputs) = cutting_server("Broken off.", 1_000).await;
     let url = url::Url::parse(&format!("http://127.0.0.1:{}/v1", address.port())).expect("url");
     let endpoint = Endpoint::new("openai-tts", Hosting::SelfHosted, url).expect("endpoint").with_retry(retry(3));
@@ -355,7 +359,7 @@ async fn connection_dropped_mid_body_is_reported_and_the_reply_goes_on() {
 }
 
 #[tokio::test]
-async fn a_429_is_retried_after_retry_after() {
+async fn speech_429_retried_after_delay() {
     let arrivals = Arc::new(Mutex::new(Vec::new()));
     let record = Arc::clone(&arrivals);
     let server = TestServer::http(None, move |_| {
@@ -377,6 +381,7 @@ async fn a_429_is_retried_after_retry_after() {
         }
     })
     .await;
+
     let running = TtsRun::start(stage(endpoint(&server, Timeouts::default(), 2)), SESSION, PrivacyTier::SelfHosted);
 
     running.send(text(1, "Rate limited.", true)).await;
@@ -385,6 +390,7 @@ async fn a_429_is_retried_after_retry_after() {
 
     result.expect("the retry succeeds");
     let arrivals = arrivals.lock().expect("lock").clone();
+
     assert_eq!(arrivals.len(), 2);
     let waited = arrivals[1] - arrivals[0];
     assert!(waited >= Duration::from_millis(950), "the retry waited only {waited:?} despite Retry-After: 1");
@@ -394,7 +400,7 @@ async fn a_429_is_retried_after_retry_after() {
 }
 
 #[tokio::test]
-async fn a_slow_first_byte_is_retried() {
+async fn speech_slow_first_byte_retried() {
     let count = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&count);
     let server = TestServer::http(None, move |_| {
@@ -407,6 +413,7 @@ async fn a_slow_first_byte_is_retried() {
         }
     })
     .await;
+
     let running = TtsRun::start(stage(endpoint(&server, short_timeouts(), 2)), SESSION, PrivacyTier::SelfHosted);
 
     running.send(text(1, "Slow start.", true)).await;
@@ -422,7 +429,7 @@ async fn a_slow_first_byte_is_retried() {
 }
 
 #[tokio::test]
-async fn exhausted_retries_fail_the_stage() {
+async fn speech_retries_exhausted_fail_stage() {
     let count = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&count);
     let server = TestServer::http(None, move |_| {
@@ -430,6 +437,7 @@ async fn exhausted_retries_fail_the_stage() {
         async { http::Response::builder().status(503).body(full("overloaded")).expect("response") }
     })
     .await;
+
     let running = TtsRun::start(stage(endpoint(&server, Timeouts::default(), 2)), SESSION, PrivacyTier::SelfHosted);
 
     running.send(text(1, "Never spoken.", true)).await;
@@ -446,7 +454,7 @@ async fn exhausted_retries_fail_the_stage() {
 }
 
 #[tokio::test]
-async fn interrupt_closes_the_request_within_100_ms() {
+async fn speech_interrupt_closes_request_in_100_ms() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = Arc::clone(&seen);
     let server = TestServer::http(None, move |request| {
@@ -468,11 +476,13 @@ async fn interrupt_closes_the_request_within_100_ms() {
         }
     })
     .await;
+
     let mut running = TtsRun::start(stage(endpoint(&server, Timeouts::default(), 0)), SESSION, PrivacyTier::SelfHosted);
 
     running.send(text(1, "First sentence.", false)).await;
     running.send(text(1, "Second sentence.", true)).await;
     let first = running.next().await;
+
     assert!(first.as_audio().is_some(), "{first:?}");
     assert_eq!(server.open.load(Ordering::SeqCst), 1);
 
@@ -491,13 +501,14 @@ async fn interrupt_closes_the_request_within_100_ms() {
 }
 
 #[tokio::test]
-async fn the_api_key_never_appears_in_output() {
+async fn speech_key_absent_from_output() {
     let server = TestServer::http(None, |request| async move {
         // A careless server that echoes the header must not make the client show it.
         let echoed = request.headers.get("authorization").map(|value| value.as_bytes().to_vec()).unwrap_or_default();
         http::Response::builder().status(401).body(full(Bytes::from(echoed))).expect("response")
     })
     .await;
+
     let speech = stage(endpoint(&server, Timeouts::default(), 2));
     let described = format!("{speech:?}");
     let running = TtsRun::start(speech, SESSION, PrivacyTier::SelfHosted);
@@ -506,8 +517,9 @@ async fn the_api_key_never_appears_in_output() {
     let (usage, egress) = (running.usage.clone(), running.egress.clone());
     let (frames, result) = running.finish().await;
 
-    let error = result.expect_err("a refused key fails the stage");
-    assert!(!error.is_retryable(), "a refused key is not retried: {error:?}");
+    let error = result.expect_err("a rejected key fails the stage");
+
+    assert!(!error.is_retryable(), "a rejected key is not retried: {error:?}");
     assert!(error.to_string().contains("API key was refused"), "{error}");
     assert_key_hidden(KEY, &[
         described,
@@ -520,7 +532,7 @@ async fn the_api_key_never_appears_in_output() {
 }
 
 #[test]
-fn invalid_settings_are_rejected() {
+fn speech_invalid_settings_rejected() {
     let url = url::Url::parse("http://127.0.0.1:9/v1").expect("url");
     let endpoint = Endpoint::new("openai-tts", Hosting::SelfHosted, url).expect("endpoint");
     let build = |config: SpeechConfig| OpenAiSpeech::new(name("tts"), endpoint.clone(), config);

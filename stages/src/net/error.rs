@@ -17,7 +17,7 @@ pub enum NetError {
     BadEndpoint {
         /// The endpoint.
         endpoint: String,
-        /// What is wrong and what to do.
+        /// The problem and the fix.
         reason: String,
     },
     /// A cloud backend was given a plaintext URL.
@@ -89,14 +89,14 @@ pub enum NetError {
         /// The timeout.
         after: Duration,
     },
-    /// The server answered with an error status.
-    #[error("{endpoint} answered HTTP {status}{hint}: {body:?}")]
+    /// The server responded with an error status.
+    #[error("{endpoint} responded with HTTP {status}{hint}: {body:?}")]
     Status {
         /// The endpoint.
         endpoint: String,
         /// The status code.
         status: u16,
-        /// The start of the response body, at most 300 characters.
+        /// The start of the response body, a maximum of 300 characters.
         body: String,
         /// The delay from a `Retry-After` header.
         retry_after: Option<Duration>,
@@ -116,7 +116,7 @@ pub enum NetError {
     WebSocket {
         /// The endpoint.
         endpoint: String,
-        /// What happened.
+        /// The cause of the failure or close.
         reason: String,
     },
     /// The server sent something the protocol does not allow.
@@ -124,7 +124,7 @@ pub enum NetError {
     Protocol {
         /// The endpoint.
         endpoint: String,
-        /// What was wrong.
+        /// The violation.
         detail: String,
     },
 }
@@ -150,7 +150,7 @@ impl NetError {
         }
     }
 
-    /// Returns the delay the server asked for with `Retry-After`.
+    /// Returns the delay the server requested with `Retry-After`.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             NetError::Status { retry_after, .. } => *retry_after,

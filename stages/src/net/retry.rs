@@ -8,7 +8,7 @@ use super::error::NetError;
 
 /// Returns how long to wait before attempt `attempt + 1` after `error`:
 /// exponential backoff with jitter from `policy`, or the server's
-/// `Retry-After` when it asks for longer, capped at the policy's maximum.
+/// `Retry-After` when it requests longer, capped at the policy's maximum.
 pub fn delay_after(policy: &RetryPolicy, attempt: u32, error: &NetError) -> Duration {
     let backoff = policy.backoff(attempt, fastrand::f64());
     match error.retry_after() {

@@ -3,11 +3,11 @@
 //! # Connection
 //!
 //! The stage opens one WebSocket at the first audio of a segment and keeps it
-//! for the session: the query string carries [`ListenOptions`], the
-//! `Authorization: Token KEY` header the API key. Each segment's audio goes
-//! out as binary frames of 16-bit little-endian PCM as it arrives; a 0-byte
-//! frame is never sent, because Deepgram reads an empty message as a request
-//! to close. While no audio flows, a `{"type":"KeepAlive"}` text message goes
+//! for the session. The query string carries [`ListenOptions`], and the
+//! `Authorization: Token KEY` header carries the API key. Each segment's
+//! audio goes out as binary frames of 16-bit little-endian PCM as it arrives.
+//! The stage never sends a 0-byte frame, because Deepgram reads an empty
+//! message as a request to close. While no audio flows, a `{"type":"KeepAlive"}` text message goes
 //! out every [`DeepgramConfig::keep_alive_interval`] (Deepgram closes an idle
 //! connection after 10 s).
 //!
@@ -15,33 +15,33 @@
 //!
 //! Interim results become partial transcripts. At the end of a segment
 //! (`SpeechStopped`, or `EndOfTurn` without one) the stage sends `Finalize`
-//! and waits for the result that answers it: one marked `from_finalize`, a
+//! and waits for the result that responds to it: one marked `from_finalize`, a
 //! final result that covers the segment's last audio, or an `UtteranceEnd`.
 //! It then emits the segment's one final transcript: every final result of
 //! the segment joined, whether Deepgram split it with `speech_final` or not.
-//! When no answer comes within [`DeepgramConfig::finalize_wait`], what has
-//! arrived (including the last interim text) is emitted and the connection is
-//! closed, so that late results cannot be taken for the next turn's. Other
-//! frames wait in order behind the segment's final; interrupts are forwarded
-//! at once.
+//! When no response comes within [`DeepgramConfig::finalize_wait`], the text
+//! that arrived (including the last interim text) is emitted and the
+//! connection is closed, so that late results cannot be taken for the next
+//! turn's. Other frames wait in order behind the segment's final, but
+//! interrupts are forwarded at once.
 //!
 //! # Failures
 //!
 //! The stage keeps the audio the server has not finalized yet (the end of
-//! each final result's `start + duration` says how far it got). When the
-//! connection drops during a segment, it reconnects with the endpoint's retry
-//! policy and sends that audio again, so the transcript loses and repeats
-//! nothing; text already finalized is kept. When the retries run out, the
+//! each final result's `start + duration` marks how far it got). When the
+//! connection drops during a segment, the stage reconnects with the
+//! endpoint's retry policy and sends that audio again, so the transcript
+//! loses and repeats nothing. Text already finalized is kept. When the retries run out, the
 //! stage returns the error. A text message that is not valid JSON is skipped
 //! with a warning (counted, logged once per connection).
 //!
 //! An interrupt of the open or finalizing segment closes the socket at once
-//! and discards the segment; the next segment opens a new connection.
+//! and discards the segment. The next segment opens a new connection.
 //!
 //! # End of stream
 //!
 //! `CloseStream` is sent after all audio, and the stage reads until the
-//! server closes (at most [`DeepgramConfig::close_wait`]), so that the last
+//! server closes (for a maximum of [`DeepgramConfig::close_wait`]), so that the last
 //! words of a segment still open reach the output.
 //!
 //! Message shapes and behaviour: <https://developers.deepgram.com/reference/listen-live>,
@@ -85,8 +85,8 @@ const BYTES_PER_SECOND: f64 = SAMPLE_RATE as f64 * 2.0;
 /// Audio re-sent in one binary frame after a reconnect: 250 ms.
 const RESEND_CHUNK_BYTES: usize = 8_000;
 
-/// How close a final result's end must come to the segment's last audio to
-/// count as covering it, in bytes of PCM (50 ms). Deepgram reports times in
+/// Maximum distance between a final result's end and the segment's last
+/// audio for the result to count as covering it, in bytes of PCM (50 ms). Deepgram reports times in
 /// milliseconds, rounded.
 const END_TOLERANCE_BYTES: usize = 1_600;
 
@@ -99,11 +99,11 @@ pub struct DeepgramConfig {
     /// The gap without audio after which a KeepAlive is sent. Deepgram
     /// recommends 3 to 5 s and closes after 10 s without data.
     pub keep_alive_interval: Duration,
-    /// The longest wait for the answer to `Finalize`.
+    /// The maximum wait for the response to `Finalize`.
     pub finalize_wait: Duration,
-    /// The longest wait for the server to close after `CloseStream`.
+    /// The maximum wait for the server to close after `CloseStream`.
     pub close_wait: Duration,
-    /// The most audio kept for sending again after a dropped connection.
+    /// The maximum audio kept for sending again after a dropped connection.
     /// Older unconfirmed audio is dropped with a warning.
     pub max_unconfirmed_audio: Duration,
     /// The sample format the stage declares on its input port. Frames of
@@ -127,7 +127,7 @@ impl Default for DeepgramConfig {
     }
 }
 
-/// The Deepgram live transcription stage; see the [module docs](self).
+/// The Deepgram live transcription stage, described in the [module docs](self).
 #[derive(Debug)]
 pub struct DeepgramStt {
     name: StageName,
@@ -138,7 +138,7 @@ pub struct DeepgramStt {
 
 impl DeepgramStt {
     /// Builds the stage. `endpoint` is the API's base URL, such as
-    /// `wss://api.deepgram.com`; the path `/v1/listen` and the options'
+    /// `wss://api.deepgram.com`. The path `/v1/listen` and the options'
     /// query string are added to it.
     ///
     /// # Errors
@@ -238,11 +238,11 @@ struct ConnectionState {
     sent: usize,
     /// The position of the first byte of `Session::unconfirmed`.
     unconfirmed_start: usize,
-    /// When the first audio went out, for the time to the first result.
+    /// Time the first audio went out, for the time to the first result.
     first_audio_at: Option<Instant>,
     /// Whether a result arrived on this connection.
-    answered: bool,
-    /// When the next KeepAlive is due.
+    responded: bool,
+    /// Time the next KeepAlive is due.
     keep_alive_at: Option<Instant>,
     /// Malformed messages skipped on this connection.
     malformed: u64,
@@ -262,7 +262,7 @@ struct Finalizing {
     ending: Frame,
 }
 
-/// What woke the session up.
+/// The event that woke the session up.
 enum Event {
     Frame(Option<Frame>),
     Message(WsMessage),
@@ -283,7 +283,7 @@ struct Session<'a> {
     unconfirmed: VecDeque<u8>,
     turn: TurnText,
     finalizing: Option<Finalizing>,
-    /// Connection attempts that failed since the last answered one.
+    /// Connection attempts that failed since a connection last received a result.
     failed_attempts: u32,
 }
 
@@ -319,7 +319,7 @@ impl Session<'_> {
                 Event::Message(message) => self.handle_message(io, message).await?,
                 Event::KeepAlive => self.keep_alive(io).await?,
                 Event::Deadline => {
-                    tracing::warn!(stage = %io.name, wait_ms = self.stage.config.finalize_wait.as_millis() as u64, "Deepgram did not answer Finalize in time; emitting what arrived and reconnecting at the next segment");
+                    tracing::warn!(stage = %io.name, wait_ms = self.stage.config.finalize_wait.as_millis() as u64, "Deepgram did not respond to Finalize in time; emitting what arrived and reconnecting at the next segment");
                     self.usage.failure();
                     self.complete_finalizing(io).await?;
                     self.drop_connection();
@@ -351,7 +351,7 @@ impl Session<'_> {
         };
         if let Some(finalizing) = self.finalizing.take() {
             if cancels(&control, control_turn, finalizing.segment.turn) {
-                tracing::debug!(stage = %io.name, turn = %finalizing.segment.turn, "interrupt while finalizing; the segment is discarded");
+                tracing::debug!(stage = %io.name, turn = %finalizing.segment.turn, "interrupt while finalizing, so the segment is discarded");
                 self.discard_turn_text();
                 self.drop_connection();
                 io.outbox.send(finalizing.ending).await?;
@@ -420,7 +420,7 @@ impl Session<'_> {
     fn keep_unconfirmed(&mut self, io: &StageIo, pcm: &[u8]) {
         let excess = keep_unconfirmed(&mut self.unconfirmed, pcm, self.stage.config.max_unconfirmed_audio);
         if excess > 0 {
-            tracing::warn!(stage = %io.name, dropped_ms = pcm16_duration(excess).as_millis() as u64, "Deepgram has not finalized the oldest audio; it will not be sent again after a reconnect");
+            tracing::warn!(stage = %io.name, dropped_ms = pcm16_duration(excess).as_millis() as u64, "Deepgram has not finalized the oldest audio, so it will not be sent again after a reconnect");
             self.connection.unconfirmed_start += excess;
         }
     }
@@ -518,7 +518,7 @@ impl Session<'_> {
         }
     }
 
-    /// Forgets the text and unconfirmed audio of a discarded segment. Audio
+    /// Clears the text and unconfirmed audio of a discarded segment. Audio
     /// of it already sent has results on the way, so the connection is
     /// closed and the next segment opens another.
     fn forget_segment_audio(&mut self, io: &StageIo, reason: &'static str) {
@@ -538,7 +538,7 @@ impl Session<'_> {
         self.unconfirmed.clear();
     }
 
-    /// Returns the turn whose text results belong to: the finalizing one, or the open one.
+    /// Returns the segment that text results belong to: the finalizing one, or the open one.
     fn active_segment(&self) -> Option<Segment> {
         self.finalizing.as_ref().map(|finalizing| finalizing.segment).or_else(|| self.turns.open())
     }
@@ -576,7 +576,7 @@ impl Session<'_> {
             Err(error) => {
                 self.connection.malformed += 1;
                 if self.connection.malformed == 1 {
-                    tracing::warn!(stage = %io.name, %error, "skipping a malformed Deepgram message; later ones on this connection are counted");
+                    tracing::warn!(stage = %io.name, %error, "skipping a malformed Deepgram message (later ones on this connection are counted)");
                 }
                 return Ok(());
             }
@@ -588,8 +588,8 @@ impl Session<'_> {
         let mut finished = false;
         match message {
             ServerMessage::Results(result) => {
-                if !self.connection.answered {
-                    self.connection.answered = true;
+                if !self.connection.responded {
+                    self.connection.responded = true;
                     self.failed_attempts = 0;
                     if let Some(first_audio_at) = self.connection.first_audio_at {
                         self.usage.first_byte(first_audio_at.elapsed());
@@ -641,7 +641,7 @@ impl Session<'_> {
         emit_transcript(io, segment, TranscriptKind::Partial, text, None).await
     }
 
-    /// Forgets the unconfirmed audio up to connection position `end`.
+    /// Drops the unconfirmed audio up to connection position `end`.
     fn confirm_through(&mut self, end: usize) {
         let confirmed = end.saturating_sub(self.connection.unconfirmed_start).min(self.unconfirmed.len()) & !1;
         self.unconfirmed.drain(..confirmed);
@@ -649,17 +649,17 @@ impl Session<'_> {
     }
 
     /// Handles a connection that failed: reconnects and sends the
-    /// unconfirmed audio again when a segment needs it, or forgets the
+    /// unconfirmed audio again when a segment needs it, or drops the
     /// connection until the next segment.
     async fn connection_lost(&mut self, io: &mut StageIo, error: NetError) -> Result<(), StageError> {
         self.socket = None;
         self.usage.failure();
         let Some(segment) = self.active_segment() else {
-            tracing::debug!(stage = %io.name, %error, "the idle Deepgram connection ended; the next segment opens another");
+            tracing::debug!(stage = %io.name, %error, "the idle Deepgram connection ended, and the next segment opens another");
             self.drop_connection();
             return Ok(());
         };
-        tracing::warn!(stage = %io.name, turn = %segment.turn, %error, "the Deepgram connection dropped mid-segment; reconnecting");
+        tracing::warn!(stage = %io.name, turn = %segment.turn, %error, "the Deepgram connection dropped mid-segment, reconnecting");
         let retry = self.stage.endpoint.retry();
         let waited = wait_to_retry(io, &mut self.backlog, retry, &mut self.failed_attempts, error, segment.turn).await?;
         if let Raced::Cancelled = waited {
@@ -692,7 +692,7 @@ impl Session<'_> {
             keep_alive_at: Some(Instant::now() + self.stage.config.keep_alive_interval),
             ..ConnectionState::default()
         };
-        // The interim text came from audio that is sent again; finalized text is kept.
+        // The interim text came from audio that is sent again, but finalized text is kept.
         if let Some(TranscriptUpdate::Final(text)) =
             self.turn.assembler.push(&ServerMessage::UtteranceEnd { last_word_end: None, channel: Vec::new() })
         {
@@ -715,8 +715,8 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Applies an interrupt that arrived while connecting: the turn's work is
-    /// dropped; the interrupt itself, already forwarded, waits in the backlog.
+    /// Applies an interrupt that arrived while connecting by dropping the
+    /// turn's work. The interrupt itself, already forwarded, waits in the backlog.
     async fn cancelled_while_waiting(&mut self, io: &mut StageIo, turn: TurnId) -> Result<(), StageError> {
         tracing::debug!(stage = %io.name, %turn, "turn interrupted while connecting");
         self.socket = None;
@@ -733,7 +733,7 @@ impl Session<'_> {
     async fn end_of_stream(&mut self, io: &mut StageIo) -> Result<(), StageError> {
         if self.socket.is_some() {
             if let Err(error) = self.send_control(ControlMessage::CloseStream).await {
-                tracing::warn!(stage = %io.name, %error, "sending CloseStream failed; the last words may be lost");
+                tracing::warn!(stage = %io.name, %error, "sending CloseStream failed, so the last words may be lost");
             }
             self.read_until_closed(io).await?;
         }

@@ -2,10 +2,10 @@
 //!
 //! The network stages are raw [`mentis_pipeline::Stage`]s, not
 //! [`crate::stt::Recognizer`]s, because they await sockets. They still follow
-//! the conventions of [`crate::stt::Stt`], so that the lead can swap one for
-//! the other in a graph: the same input checks, the same stale-turn rules, a
-//! final transcript emitted before the `SpeechStopped` or `EndOfTurn` it
-//! belongs to, and [`TurnMark::FinalTranscript`] marked when it is emitted.
+//! the conventions of [`crate::stt::Stt`], so that a graph can swap one for
+//! the other. They apply the same input checks and the same stale-turn rules.
+//! They emit a final transcript before the `SpeechStopped` or `EndOfTurn` it
+//! belongs to, and mark [`TurnMark::FinalTranscript`] when they emit it.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -52,8 +52,8 @@ pub(crate) struct Segment {
 #[derive(Debug, Default)]
 pub(crate) struct Turns {
     open: Option<Segment>,
-    /// The highest turn whose segment was finished or discarded; its late
-    /// audio does not open a new segment.
+    /// The highest turn whose segment was finished or discarded. Late audio
+    /// of that turn or an earlier one does not open a new segment.
     closed_through: TurnId,
 }
 
@@ -102,8 +102,8 @@ pub(crate) struct Accepted {
     /// Whether the frame opened a segment that replaces another turn's,
     /// whose text and audio the caller discards.
     pub replaced: bool,
-    /// The frame's samples as 16-bit little-endian PCM; `None` for a frame
-    /// without samples.
+    /// The frame's samples as 16-bit little-endian PCM, or `None` for a
+    /// frame without samples.
     pub pcm: Option<Vec<u8>>,
 }
 
@@ -182,8 +182,8 @@ pub(crate) fn speech_text(filter: &NonSpeechFilter, text: &str, confidence: Opti
     filter.check(&recognition).ok()
 }
 
-/// Sends a transcript of `segment` downstream; a final one also records
-/// [`TurnMark::FinalTranscript`].
+/// Sends a transcript of `segment` downstream. A final transcript also
+/// records [`TurnMark::FinalTranscript`].
 pub(crate) async fn emit_transcript(
     io: &mut StageIo,
     segment: Segment,
@@ -226,7 +226,7 @@ impl Backlog {
         self.frames.pop_front()
     }
 
-    /// Queues a frame; `forwarded` says whether it already went downstream.
+    /// Queues a frame. `forwarded` is true when the frame already went downstream.
     pub fn push(&mut self, frame: Frame, forwarded: bool) {
         self.frames.push_back((frame, forwarded));
     }
@@ -247,12 +247,12 @@ impl Backlog {
     }
 }
 
-/// How [`race`] ended.
+/// The outcome of [`race`].
 #[derive(Debug)]
 pub(crate) enum Raced<T> {
     /// The work finished.
     Done(T),
-    /// An interrupt or flush cancelled the work's turn; the work was dropped.
+    /// An interrupt or flush cancelled the work's turn, so the work was dropped.
     Cancelled,
 }
 
@@ -261,8 +261,9 @@ pub(crate) enum Raced<T> {
 /// Priority controls (interrupt, flush, error) are forwarded downstream at
 /// once, so that an interrupt reaches later stages while this one waits. An
 /// interrupt of `turn` or a later one, or a flush, drops `work` at once,
-/// which closes its socket, and so does a cancelled session. Every frame received, forwarded or not, goes to
-/// `backlog`, so that the stage applies it in order afterwards.
+/// which closes its socket, and so does a cancelled session. Every frame
+/// received, forwarded or not, goes to `backlog`, so that the stage applies
+/// it in order afterwards.
 pub(crate) async fn race<T>(
     io: &mut StageIo,
     backlog: &mut Backlog,
@@ -367,7 +368,7 @@ pub(crate) async fn wait_to_retry(
     race(io, backlog, turn, tokio::time::sleep(delay)).await
 }
 
-/// A WebSocket speech-to-text server and how to open a connection to it.
+/// A WebSocket speech-to-text server and the settings to connect to it.
 #[cfg(any(feature = "deepgram", feature = "ws-stt"))]
 pub(crate) struct Dial<'a> {
     pub connector: &'a Connector,
@@ -381,9 +382,10 @@ pub(crate) struct Dial<'a> {
 
 /// Opens a connection for `turn`'s segment while receiving the inbox, and
 /// retries with the endpoint's retry policy. `failed_attempts` counts the
-/// failures since a connection last received a result. Returns the error that is
-/// not retryable or that exhausted the retries, and [`Raced::Cancelled`]
-/// when an interrupt or flush cancelled the turn meanwhile.
+/// failures since a connection last received a result. Returns the error
+/// that is not retryable or that exhausted the retries, and
+/// [`Raced::Cancelled`] when an interrupt or flush cancelled the turn
+/// meanwhile.
 #[cfg(any(feature = "deepgram", feature = "ws-stt"))]
 pub(crate) async fn connect_with_retry(
     io: &mut StageIo,

@@ -3,15 +3,15 @@
 //! `whisper-server` (started with `--inference-path /v1/audio/transcriptions`)
 //! or a faster-whisper server.
 //!
-//! The stage buffers the audio of each speech segment and, when the segment
-//! ends, posts it as a WAV file in a `multipart/form-data` request (RFC 7578)
-//! with the fields of OpenAI's "Create transcription" call: `file`, `model`,
-//! `response_format=json`, and the optional `language` and `prompt`. The
-//! answer is the JSON object `{"text": "..."}`; other fields are ignored.
-//! Field names: the `TranscriptionCreateParams` and `Transcription` types of
-//! OpenAI's Node SDK (`src/resources/audio/transcriptions.ts`), and the
-//! `file` and `response_format` fields of whisper.cpp's
-//! `examples/server/README.md`.
+//! The stage buffers the audio of each speech segment. When the segment
+//! ends, it posts the audio as a WAV file in a `multipart/form-data` request
+//! (RFC 7578) with the fields of OpenAI's "Create transcription" call: `file`,
+//! `model`, `response_format=json`, and the optional `language` and `prompt`.
+//! The response is the JSON object `{"text": "..."}`, and other fields are
+//! ignored. The field names come from the `TranscriptionCreateParams` and
+//! `Transcription` types of OpenAI's Node SDK
+//! (`src/resources/audio/transcriptions.ts`) and from the `file` and
+//! `response_format` fields in whisper.cpp's `examples/server/README.md`.
 //!
 //! Turns, interruption and output follow [`crate::stt::Stt`]: one final
 //! transcript per segment and no partials, emitted before the segment's
@@ -20,10 +20,10 @@
 //!
 //! # Failures
 //!
-//! The request is idempotent and nothing is emitted before its answer, so a
+//! The request is idempotent and nothing is emitted before its response, so a
 //! retryable failure (connection errors, timeouts, 408, 429, 5xx) is retried
 //! with the endpoint's retry policy, honouring `Retry-After`. A failure that
-//! is not retryable, retries that run out, or an answer that is not the JSON
+//! is not retryable, retries that run out, or a response that is not the JSON
 //! object above ([`NetError::Protocol`]) end the stage with that error, so that
 //! a fallback wrapper can switch to another backend.
 
@@ -57,20 +57,20 @@ pub const BACKEND: &str = "openai-stt";
 /// 19 MB of 16-bit PCM. OpenAI's own endpoint takes files up to 25 MB.
 pub const DEFAULT_MAX_SEGMENT: Duration = Duration::from_secs(600);
 
-/// The largest answer read, in bytes. A JSON transcript of 10 minutes of
-/// speech is under 20 kB; the rest is room for servers that add segments.
+/// The maximum response body read, in bytes. A JSON transcript of 10 minutes
+/// of speech is under 20 kB, and the rest is room for servers that add segments.
 const MAX_RESPONSE_BYTES: usize = 1 << 20;
 
-/// Characters of a malformed answer shown in the error.
+/// Characters of a malformed response shown in the error.
 const EXCERPT_CHARS: usize = 120;
 
 /// Settings of a [`TranscriptionStt`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct TranscriptionConfig {
     /// The `model` field, such as `"whisper-1"`. whisper.cpp's server
-    /// ignores it; faster-whisper servers pick the model by it.
+    /// ignores it, and faster-whisper servers select the model by it.
     pub model: String,
-    /// The `language` field, an ISO-639-1 code such as `"en"`; the server
+    /// The `language` field, an ISO-639-1 code such as `"en"`. The server
     /// detects the language when `None`.
     pub language: Option<String>,
     /// The `prompt` field: text that guides spelling and style.
@@ -78,7 +78,7 @@ pub struct TranscriptionConfig {
     /// The sample format the stage declares on its input port. Frames of
     /// the other sample format are accepted too and converted.
     pub sample_format: SampleFormat,
-    /// The most audio buffered for one segment. Audio of the segment beyond
+    /// The maximum audio buffered for one segment. Audio of the segment beyond
     /// it is dropped with a warning, and the buffered part is transcribed
     /// when the segment ends.
     pub max_segment: Duration,
@@ -99,7 +99,7 @@ impl Default for TranscriptionConfig {
     }
 }
 
-/// The transcription stage; see the [module docs](self).
+/// The transcription stage, described in the [module docs](self).
 #[derive(Debug)]
 pub struct TranscriptionStt {
     name: StageName,
@@ -110,7 +110,7 @@ pub struct TranscriptionStt {
 
 impl TranscriptionStt {
     /// Builds the stage. `endpoint` is the server's base URL, such as
-    /// `http://127.0.0.1:8080/v1`; requests go to `{base}/audio/transcriptions`,
+    /// `http://127.0.0.1:8080/v1`. Requests go to `{base}/audio/transcriptions`,
     /// with `Authorization: Bearer KEY` when the endpoint has an API key.
     ///
     /// # Errors
@@ -170,7 +170,7 @@ impl TranscriptionStt {
     }
 }
 
-/// What one run of the stage holds between frames.
+/// The state that one run of the stage keeps between frames.
 #[derive(Debug, Default)]
 struct State {
     turns: Turns,
@@ -260,7 +260,7 @@ impl TranscriptionStt {
             return Ok(());
         }
         if state.turns.open_segment(turn, frame.meta.timestamp).is_some() {
-            tracing::debug!(stage = %self.name, %turn, "new turn before the end of the open segment; its audio is discarded");
+            tracing::debug!(stage = %self.name, %turn, "new turn before the end of the open segment, so its audio is discarded");
             state.pcm.clear();
             state.truncated = false;
         }
@@ -274,7 +274,7 @@ impl TranscriptionStt {
                     stage = %self.name,
                     %turn,
                     limit_s = self.config.max_segment.as_secs_f64(),
-                    "the segment is longer than the limit; the audio beyond it is dropped"
+                    "the segment is longer than the limit, so the audio beyond it is dropped"
                 );
                 state.truncated = true;
             }
@@ -333,7 +333,7 @@ impl TranscriptionStt {
         let audio_length = pcm16_duration(pcm.len());
         let body = self.multipart_body(&wav_file(&pcm)?);
         let Some(text) = self.transcribe(io, state, segment.turn, body, audio_length).await? else {
-            tracing::debug!(stage = %self.name, turn = %segment.turn, "turn interrupted during the request; it was dropped");
+            tracing::debug!(stage = %self.name, turn = %segment.turn, "turn interrupted during the request, so its result was dropped");
             return Ok(());
         };
 
@@ -402,7 +402,7 @@ impl TranscriptionStt {
     /// Builds the form: the WAV file, then `model`, `response_format`, and
     /// `language` and `prompt` when set.
     fn multipart_body(&self, wav: &[u8]) -> Bytes {
-        // 128 random bits: the chance that the audio contains the boundary is negligible.
+        // 128 random bits make the chance that the audio contains the boundary negligible.
         let boundary = format!("{BOUNDARY_PREFIX}{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
         let mut body = Vec::with_capacity(wav.len() + 1024);
         body.extend_from_slice(
@@ -452,7 +452,7 @@ fn wav_file(pcm: &[u8]) -> Result<Vec<u8>, StageError> {
     Ok(writer.finish().map_err(wav_error)?.into_inner())
 }
 
-/// The answer of `response_format=json`.
+/// The response body of `response_format=json`.
 #[derive(Debug, Deserialize)]
 struct TranscriptionResponse {
     text: String,
@@ -465,14 +465,14 @@ async fn post(connector: &Connector, request: Request, usage: &BackendUsage, end
     let endpoint_name = response.endpoint().to_owned();
     let body = response.bytes(MAX_RESPONSE_BYTES).await?;
     match serde_json::from_slice::<TranscriptionResponse>(&body) {
-        Ok(answer) => Ok(answer.text),
+        Ok(response) => Ok(response.text),
         Err(error) => {
             let secrets: Vec<_> = endpoint.api_key().cloned().into_iter().collect();
             let excerpt: String = mask_secrets(&String::from_utf8_lossy(&body), &secrets).chars().take(EXCERPT_CHARS).collect();
             Err(NetError::Protocol {
                 endpoint: endpoint_name,
                 detail: format!(
-                    "the answer is not the JSON object {{\"text\": ...}} that response_format=json asks for ({error}); it starts with {excerpt:?}"
+                    "the response is not the JSON object {{\"text\": ...}} that response_format=json requests ({error}). It starts with {excerpt:?}"
                 ),
             })
         }
@@ -491,16 +491,18 @@ mod tests {
     }
 
     #[test]
-    fn requests_go_to_audio_transcriptions() {
+    fn transcription_url_ends_audio_transcriptions() {
         let stt = stage(TranscriptionConfig::default()).expect("stage");
+
         assert_eq!(stt.url().as_str(), "http://127.0.0.1:8080/v1/audio/transcriptions");
     }
 
     #[test]
-    fn invalid_settings_are_rejected() {
+    fn transcription_invalid_settings_rejected() {
         let empty_model = TranscriptionConfig { model: " ".to_owned(), ..TranscriptionConfig::default() };
         let empty_language = TranscriptionConfig { language: Some(String::new()), ..TranscriptionConfig::default() };
         let zero_limit = TranscriptionConfig { max_segment: Duration::ZERO, ..TranscriptionConfig::default() };
+
         for (config, name) in [(empty_model, "model"), (empty_language, "language"), (zero_limit, "max_segment")] {
             let error = stage(config).expect_err("invalid setting");
             assert!(matches!(error, SttError::InvalidSetting { name: rejected, .. } if rejected == name), "{error}");
@@ -508,7 +510,7 @@ mod tests {
     }
 
     #[test]
-    fn form_has_every_field_and_one_boundary() {
+    fn transcription_form_has_every_field() {
         let config = TranscriptionConfig {
             language: Some("en".to_owned()),
             prompt: Some("Mentis, Deepgram".to_owned()),
@@ -517,8 +519,10 @@ mod tests {
         let stt = stage(config).expect("stage");
         let body = stt.multipart_body(b"RIFFdata");
         let text = String::from_utf8_lossy(&body);
+
         let boundary = boundary_of(&body);
         assert!(boundary.starts_with(BOUNDARY_PREFIX), "{boundary}");
+
         for needle in [
             "name=\"file\"; filename=\"segment.wav\"\r\nContent-Type: audio/wav\r\n\r\nRIFFdata\r\n",
             "name=\"model\"\r\n\r\nwhisper-1\r\n",
@@ -528,15 +532,17 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle:?} in {text:?}");
         }
+
         assert!(text.ends_with(&format!("--{boundary}--\r\n")), "{text:?}");
     }
 
     #[test]
-    fn wav_file_holds_the_samples() {
+    fn transcription_wav_contains_samples() {
         let pcm: Vec<u8> = [1_i16, -2, 300].iter().flat_map(|sample| sample.to_le_bytes()).collect();
         let wav = wav_file(&pcm).expect("wav");
-        assert_eq!(&wav[..4], b"RIFF");
-        assert_eq!(wav.len(), 44 + pcm.len());
-        assert_eq!(&wav[44..], &pcm[..]);
+
+        assert_eq!(&wav[..4], b"RIFF", "the file starts with the RIFF header");
+        assert_eq!(wav.len(), 44 + pcm.len(), "a 44-byte header precedes the samples");
+        assert_eq!(&wav[44..], &pcm[..], "the samples follow the header unchanged");
     }
 }

@@ -1,36 +1,37 @@
 //! Speech to text through a self-hosted streaming server that speaks the
 //! protocol of Vosk's WebSocket server (alphacep/vosk-server,
-//! `websocket/asr_server.py`); see [`messages`] for the message shapes.
+//! `websocket/asr_server.py`). [`messages`] describes the message shapes.
 //!
 //! # Connection
 //!
-//! One connection per segment: it opens at the segment's first audio and
-//! sends `{"config": {"sample_rate": 16000}}`, then binary frames of 16-bit
-//! little-endian PCM as the audio arrives. The server answers every audio
-//! frame with one result, partial or final. At the end of the segment the
-//! stage sends `{"eof" : 1}`, whose answer is the final result of the rest
-//! of the audio, after which the server closes. A connection per segment
+//! The stage opens one connection per segment, at the segment's first audio.
+//! It sends `{"config": {"sample_rate": 16000}}`, then binary frames of 16-bit
+//! little-endian PCM as the audio arrives. The server responds to every
+//! audio frame with one result, partial or final. At the end of the segment
+//! the stage sends `{"eof" : 1}`. The server responds with the final result
+//! of the rest of the audio and then closes. A connection per segment
 //! gives each turn a fresh recognizer and needs no keep-alive between turns.
 //!
 //! # Turns
 //!
 //! Partial results become partial transcripts of the segment. The server
-//! may end an utterance inside a segment with a final result; the segment's
+//! may end an utterance inside a segment with a final result. The segment's
 //! one final transcript joins every final result of the segment. It is
 //! emitted before the `SpeechStopped` (or `EndOfTurn`) that ended the
-//! segment is forwarded. When the answer to `{"eof" : 1}` does not come
+//! segment is forwarded. When the response to `{"eof" : 1}` does not come
 //! within [`WebSocketSttConfig::finalize_wait`], the text that arrived
 //! (including the last partial) is emitted.
 //!
 //! # Failures
 //!
-//! Because every frame gets exactly one answer, a final result confirms all
-//! audio sent up to the frame it answers. The stage keeps the audio sent
-//! since the last final result; when the connection drops mid-segment it
-//! reconnects with the endpoint's retry policy and sends that audio again,
-//! so the transcript loses and repeats nothing. When the retries run out the
-//! stage returns the error. A text message that is not valid JSON is skipped
-//! with a warning and still counts as the answer to one frame.
+//! Because every frame gets exactly one response, a final result confirms
+//! all audio sent up to the frame it responds to. The stage keeps the audio
+//! sent since the last final result. When the connection drops mid-segment,
+//! the stage reconnects with the endpoint's retry policy and sends that
+//! audio again, so the transcript loses and repeats nothing. When the
+//! retries run out the stage returns the error. A text message that is not
+//! valid JSON is skipped with a warning and still counts as the response to
+//! one frame.
 //!
 //! An interrupt of the open segment closes the socket at once.
 
@@ -69,9 +70,9 @@ const RESEND_CHUNK_BYTES: usize = 8_000;
 /// Settings of a [`WebSocketStt`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct WebSocketSttConfig {
-    /// The longest wait for the answer to `{"eof" : 1}`.
+    /// The maximum wait for the response to `{"eof" : 1}`.
     pub finalize_wait: Duration,
-    /// The most audio kept for sending again after a dropped connection.
+    /// The maximum audio kept for sending again after a dropped connection.
     /// Older unconfirmed audio is dropped with a warning.
     pub max_unconfirmed_audio: Duration,
     /// The sample format the stage declares on its input port. Frames of
@@ -92,7 +93,7 @@ impl Default for WebSocketSttConfig {
     }
 }
 
-/// The streaming WebSocket speech-to-text stage; see the [module docs](self).
+/// The streaming WebSocket speech-to-text stage, described in the [module docs](self).
 #[derive(Debug)]
 pub struct WebSocketStt {
     name: StageName,
@@ -142,7 +143,7 @@ impl Stage for WebSocketStt {
                 backlog: Backlog::default(),
                 socket: None,
                 awaiting: VecDeque::new(),
-                answered: 0,
+                responded_bytes: 0,
                 unconfirmed: VecDeque::new(),
                 text: SegmentText::default(),
                 finishing: None,
@@ -155,7 +156,7 @@ impl Stage for WebSocketStt {
     }
 }
 
-/// What a frame sent to the server was; each gets one answer.
+/// The kind of a frame sent to the server. Each frame gets one response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sent {
     /// Audio of this many bytes.
@@ -164,7 +165,7 @@ enum Sent {
     Eof,
 }
 
-/// The text of the open segment; its closed utterances are the segment's final results.
+/// The text of the open segment. Its closed utterances are the segment's final results.
 type SegmentText = super::network::SegmentText<TranscriptAssembler>;
 
 /// A segment whose `{"eof" : 1}` was sent.
@@ -172,8 +173,8 @@ type SegmentText = super::network::SegmentText<TranscriptAssembler>;
 struct Finishing {
     segment: Segment,
     deadline: Instant,
-    /// The control frame that ended the segment, forwarded after the final;
-    /// `None` at end of stream.
+    /// The control frame that ended the segment, forwarded after the final,
+    /// or `None` at end of stream.
     ending: Option<Frame>,
 }
 
@@ -190,10 +191,10 @@ struct Session<'a> {
     turns: Turns,
     backlog: Backlog,
     socket: Option<WebSocket>,
-    /// Frames sent on this connection and not answered yet, oldest first.
+    /// Frames sent on this connection without a response yet, oldest first.
     awaiting: VecDeque<Sent>,
-    /// Audio bytes answered since the last final result.
-    answered: usize,
+    /// Audio bytes with a response since the last final result.
+    responded_bytes: usize,
     /// Audio sent since the last final result.
     unconfirmed: VecDeque<u8>,
     text: SegmentText,
@@ -238,7 +239,7 @@ impl Session<'_> {
                 Event::Frame(Some(frame)) => self.handle_frame(io, frame, false).await?,
                 Event::Message(message) => self.handle_message(io, message).await?,
                 Event::Deadline => {
-                    tracing::warn!(stage = %io.name, "the speech-to-text server did not answer the end of the segment in time; emitting what arrived");
+                    tracing::warn!(stage = %io.name, "the speech-to-text server did not respond to the end of the segment in time; emitting what arrived");
                     self.usage.failure();
                     self.complete(io).await?;
                 }
@@ -327,12 +328,12 @@ impl Session<'_> {
     fn keep_unconfirmed(&mut self, io: &StageIo, pcm: &[u8]) {
         let excess = keep_unconfirmed(&mut self.unconfirmed, pcm, self.stage.config.max_unconfirmed_audio);
         if excess > 0 {
-            tracing::warn!(stage = %io.name, dropped_ms = pcm16_duration(excess).as_millis() as u64, "the server has not finalized the oldest audio; it will not be sent again after a reconnect");
-            self.answered = self.answered.saturating_sub(excess);
+            tracing::warn!(stage = %io.name, dropped_ms = pcm16_duration(excess).as_millis() as u64, "the server has not finalized the oldest audio, so it will not be sent again after a reconnect");
+            self.responded_bytes = self.responded_bytes.saturating_sub(excess);
         }
     }
 
-    /// Forgets a discarded segment: its text, its audio and its connection.
+    /// Clears the text, the audio and the connection of a discarded segment.
     fn forget_segment(&mut self) {
         self.text = SegmentText::default();
         self.close_connection();
@@ -342,7 +343,7 @@ impl Session<'_> {
     fn close_connection(&mut self) {
         self.socket = None;
         self.awaiting.clear();
-        self.answered = 0;
+        self.responded_bytes = 0;
         self.unconfirmed.clear();
         self.first_audio_at = None;
     }
@@ -370,7 +371,7 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Sends `{"eof" : 1}` and waits for its answer, or emits at once when
+    /// Sends `{"eof" : 1}` and waits for its response, or emits at once when
     /// no audio of the segment went out.
     async fn finish_segment(&mut self, io: &mut StageIo, segment: Segment, ending: Option<Frame>) -> Result<(), StageError> {
         let deadline = Instant::now() + self.stage.config.finalize_wait;
@@ -424,7 +425,7 @@ impl Session<'_> {
             Some(Ok(Message::Close(_))) | None => {
                 let error = NetError::WebSocket {
                     endpoint: mentis_pipeline::privacy::redact_url(self.stage.endpoint.url()),
-                    reason: "the server closed the connection before answering all audio".to_owned(),
+                    reason: "the server closed the connection before responding to all audio".to_owned(),
                 };
                 return self.connection_lost(io, error).await;
             }
@@ -435,10 +436,10 @@ impl Session<'_> {
             }
         };
 
-        // Every text message answers the oldest frame not yet answered.
-        let answered = self.awaiting.pop_front();
-        if let Some(Sent::Audio(bytes)) = answered {
-            self.answered += bytes;
+        // Every text message responds to the oldest frame without a response.
+        let responds_to = self.awaiting.pop_front();
+        if let Some(Sent::Audio(bytes)) = responds_to {
+            self.responded_bytes += bytes;
         }
         if let Some(first_audio_at) = self.first_audio_at.take() {
             self.failed_attempts = 0;
@@ -449,15 +450,15 @@ impl Session<'_> {
             Err(error) => {
                 self.malformed += 1;
                 if self.malformed == 1 {
-                    tracing::warn!(stage = %io.name, %error, "skipping a malformed message from the speech-to-text server; later ones are counted");
+                    tracing::warn!(stage = %io.name, %error, "skipping a malformed message from the speech-to-text server (later ones are counted)");
                 }
                 return Ok(());
             }
         };
         if let ServerMessage::Final { .. } = message {
-            let confirmed = self.answered.min(self.unconfirmed.len());
+            let confirmed = self.responded_bytes.min(self.unconfirmed.len());
             self.unconfirmed.drain(..confirmed);
-            self.answered = 0;
+            self.responded_bytes = 0;
         }
 
         let Some(segment) = self.active_segment() else {
@@ -474,7 +475,7 @@ impl Session<'_> {
             }
             None => {}
         }
-        if answered == Some(Sent::Eof) {
+        if responds_to == Some(Sent::Eof) {
             return self.complete(io).await;
         }
         Ok(())
@@ -487,7 +488,7 @@ impl Session<'_> {
             self.close_connection();
             return Ok(());
         };
-        tracing::warn!(stage = %io.name, turn = %segment.turn, %error, "the speech-to-text connection dropped mid-segment; reconnecting");
+        tracing::warn!(stage = %io.name, turn = %segment.turn, %error, "the speech-to-text connection dropped mid-segment, reconnecting");
         let retry = self.stage.endpoint.retry();
         let waited = wait_to_retry(io, &mut self.backlog, retry, &mut self.failed_attempts, error, segment.turn).await?;
         if let Raced::Cancelled = waited {
@@ -521,9 +522,9 @@ impl Session<'_> {
         }
         self.socket = Some(socket);
         self.awaiting.clear();
-        self.answered = 0;
+        self.responded_bytes = 0;
         self.first_audio_at = None;
-        // The partial text came from audio that is sent again; final results are kept.
+        // The partial text came from audio that is sent again, but final results are kept.
         self.text.assembler = TranscriptAssembler::new();
 
         let resend: Vec<u8> = self.unconfirmed.iter().copied().collect();

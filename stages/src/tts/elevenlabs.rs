@@ -5,9 +5,9 @@
 //! [`ElevenLabsTts`] opens one connection per turn, at the turn's first
 //! text, with the API key in the `xi-api-key` header. It sends the opening
 //! message (a single space), then each sentence as it arrives, ending with a
-//! space; a single space as keep-alive when no text came for
-//! [`ElevenLabsConfig::keep_alive`]; and the empty text only once, to end
-//! the turn. Audio arrives as base64 PCM in JSON messages while text is
+//! space. When no text came for [`ElevenLabsConfig::keep_alive`], it sends a
+//! single space as keep-alive. It sends the empty text only once, to end the
+//! turn. Audio arrives as base64 PCM in JSON messages while text is
 //! still being sent, and the stage reads until `isFinal` and closes.
 //!
 //! The output matches [`crate::tts::Tts`]: mono f32 at the output format's
@@ -44,7 +44,7 @@ use crate::net::{Connector, Endpoint, NetError};
 pub const BACKEND: &str = "elevenlabs";
 
 /// The server closes a connection that receives nothing for this long,
-/// unless the connection asks for another `inactivity_timeout`.
+/// unless the connection requests another `inactivity_timeout`.
 pub const SERVER_INACTIVITY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Default pause in the text after which a keep-alive space is sent: half
@@ -53,9 +53,9 @@ pub const SERVER_INACTIVITY_TIMEOUT: Duration = Duration::from_secs(20);
 pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(10);
 
 /// Frames received during a turn's connection that are kept to be handled
-/// after it (the next turn's text, and what follows it). When it is full
-/// the stage stops reading its inbox and the edge holds back the sender;
-/// interrupts are then seen through the interrupt watch every
+/// after it (the next turn's text, and what follows it). When the queue is
+/// full, the stage stops reading its inbox and the edge blocks the sender.
+/// The stage then detects interrupts through the interrupt watch every
 /// [`INTERRUPT_POLL`].
 pub const MAX_QUEUED_FRAMES: usize = 256;
 
@@ -66,9 +66,9 @@ pub struct ElevenLabsConfig {
     pub voice_id: String,
     /// The connection's query: model, PCM output format and inactivity timeout.
     pub options: StreamInputOptions,
-    /// Voice settings of the opening message; the voice's stored settings when `None`.
+    /// Voice settings of the opening message, or `None` for the voice's stored settings.
     pub voice_settings: Option<VoiceSettings>,
-    /// The generation schedule of the opening message; the service default when `None`.
+    /// The generation schedule of the opening message, or `None` for the service default.
     pub generation_config: Option<GenerationConfig>,
     /// Whether each sentence is sent with `flush: true`, so the server speaks
     /// it at once instead of waiting for the schedule's character count.
@@ -115,8 +115,8 @@ pub enum ElevenLabsSetupError {
         /// The inactivity timeout it must stay under.
         inactivity: Duration,
     },
-    /// The frame is too short to hold one sample.
-    #[error("invalid ElevenLabs frame length {frame:?} at {sample_rate} Hz: a frame must hold at least one sample")]
+    /// The frame is too short to contain one sample.
+    #[error("invalid ElevenLabs frame length {frame:?} at {sample_rate} Hz: a frame must contain at least one sample")]
     InvalidFrame {
         /// The rejected frame length.
         frame: Duration,
@@ -129,11 +129,12 @@ pub enum ElevenLabsSetupError {
 /// format's rate out, one WebSocket connection per turn.
 ///
 /// An interrupt closes the turn's socket at once. A connection that fails
-/// before any of the turn's audio was emitted is opened again and given the
-/// turn's text so far, with the endpoint's retry policy; when the retries
-/// are exhausted, `run` returns the error so that a fallback can take over.
-/// A connection that fails after audio was emitted is reported downstream
-/// as [`Control::Error`]; later text of the turn opens a new connection.
+/// before any of the turn's audio was emitted is opened again with the
+/// endpoint's retry policy and given the turn's text so far. When the
+/// retries are exhausted, `run` returns the error so that a fallback can
+/// take over. A connection that fails after audio was emitted is reported
+/// downstream as [`Control::Error`], and later text of the turn opens a new
+/// connection.
 #[derive(Debug)]
 pub struct ElevenLabsTts {
     name: StageName,
@@ -146,7 +147,7 @@ pub struct ElevenLabsTts {
 
 impl ElevenLabsTts {
     /// Creates the stage. `endpoint` is the service's base URL,
-    /// `wss://api.elevenlabs.io` for ElevenLabs itself; its key goes in the
+    /// `wss://api.elevenlabs.io` for ElevenLabs itself. Its key goes in the
     /// `xi-api-key` header.
     pub fn new(name: StageName, endpoint: Endpoint, config: ElevenLabsConfig) -> Result<Self, ElevenLabsSetupError> {
         let url = config.options.url(endpoint.url(), &config.voice_id)?;
@@ -206,7 +207,7 @@ impl From<NetError> for Failure {
     }
 }
 
-/// How a turn's connection ended without failing.
+/// The outcome of a turn's connection that ended without failing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ended {
     /// The server sent `isFinal`.
@@ -215,7 +216,7 @@ enum Ended {
     Stopped,
 }
 
-/// What one turn's connection does with an input frame.
+/// The action one turn's connection takes for an input frame.
 enum Input {
     /// Text of the turn, to send.
     Text { text: String, last: bool },
@@ -247,7 +248,7 @@ struct Runner<'a> {
     /// Frames to handle before the inbox, in arrival order.
     queue: VecDeque<Frame>,
     /// Frames taken during a turn's connection that belong after the turn.
-    held: VecDeque<Frame>,
+    deferred: VecDeque<Frame>,
     inbox_ended: bool,
     replies: Replies,
 }
@@ -264,7 +265,7 @@ impl<'a> Runner<'a> {
             usage,
             watch,
             queue: VecDeque::new(),
-            held: VecDeque::new(),
+            deferred: VecDeque::new(),
             inbox_ended: false,
             replies: Replies::new("ElevenLabs", stage.format, stage.frame_samples),
         }
@@ -321,15 +322,15 @@ impl<'a> Runner<'a> {
         self.replies.end(turn);
     }
 
-    /// Ends every turn up to `turn`: its queued text is dropped and its reply stops.
+    /// Ends every turn up to `turn`, dropping its queued text and stopping its reply.
     fn interrupt(&mut self, turn: TurnId) {
         self.replies.interrupt(turn);
         self.queue.retain(|queued| !is_interrupted(queued, turn));
-        self.held.retain(|queued| !is_interrupted(queued, turn));
+        self.deferred.retain(|queued| !is_interrupted(queued, turn));
     }
 
     /// Speaks a turn over one connection, opening another when one fails
-    /// before any audio; returns when the turn is spoken, interrupted, or
+    /// before any audio. Returns when the turn is spoken, interrupted, or
     /// failed after its audio started.
     async fn speak_turn(&mut self, turn: TurnId, mut text: TurnText) -> Result<(), StageError> {
         let retry = *self.stage.endpoint.retry();
@@ -338,12 +339,12 @@ impl<'a> Runner<'a> {
             let mut emitted = false;
             let result = self.converse(turn, &mut text, &mut emitted).await;
             if emitted && matches!(result, Err(Failure::Net(_))) {
-                // Audio decoded before the failure is real; play it before reporting.
+                // Audio decoded before the failure is valid, so play it before reporting.
                 self.emit(turn, true, &mut emitted).await?;
             }
             self.replies.samples.clear();
             // Frames that belong after the turn go back in front of the queue.
-            while let Some(frame) = self.held.pop_back() {
+            while let Some(frame) = self.deferred.pop_back() {
                 self.queue.push_front(frame);
             }
             let error = match result {
@@ -412,7 +413,7 @@ impl<'a> Runner<'a> {
         let mut decoder = Pcm16Decoder::new();
         let mut first_audio = true;
         loop {
-            // After the end of input the server must keep talking; before it, silence is normal.
+            // After the end of input the server must keep sending, but before it silence is normal.
             let read_deadline = ended_input.then(|| tokio::time::Instant::from_std(last_heard.max(sent_at) + idle));
             let keep_alive_at = tokio::time::Instant::from_std(sent_at + self.stage.config.keep_alive);
             let event = if let Some(frame) = self.take_queued(ended_input) {
@@ -506,7 +507,7 @@ impl<'a> Runner<'a> {
                         if self.emit(turn, true, emitted).await? == Flow::Stop {
                             return Ok(Ended::Stopped);
                         }
-                        // The server closes after isFinal; a polite close costs no wait.
+                        // The server closes after isFinal, so a close handshake costs no wait.
                         let _ = tokio::time::timeout(Duration::from_millis(100), socket.close(None)).await;
                         text.pieces.clear();
                         return Ok(Ended::Final);
@@ -556,10 +557,10 @@ impl<'a> Runner<'a> {
     }
 
     /// Returns the next queued frame for the connection of a turn whose input
-    /// is still open; once input ended or a frame was held, queued frames
+    /// is still open. Once input ended or a frame was deferred, queued frames
     /// wait for the next turn.
     fn take_queued(&mut self, input_ended: bool) -> Option<Frame> {
-        if input_ended || !self.held.is_empty() {
+        if input_ended || !self.deferred.is_empty() {
             return None;
         }
         self.queue.pop_front()
@@ -573,7 +574,7 @@ impl<'a> Runner<'a> {
             if self.inbox_ended {
                 return std::future::pending().await;
             }
-            if self.queue.len() + self.held.len() >= MAX_QUEUED_FRAMES {
+            if self.queue.len() + self.deferred.len() >= MAX_QUEUED_FRAMES {
                 tokio::time::sleep(INTERRUPT_POLL).await;
                 if self.watch.should_stop(turn) {
                     return Inboxed::Interrupted;
@@ -591,13 +592,13 @@ impl<'a> Runner<'a> {
     }
 
     /// Handles a frame taken while the connection of `turn` is open.
-    /// Interrupts and other priority events act and go downstream at once;
-    /// frames that belong after the turn are held.
+    /// Interrupts and other priority events act and go downstream at once,
+    /// and frames that belong after the turn are deferred.
     async fn process_input(&mut self, inboxed: Inboxed, turn: TurnId, input_ended: bool) -> Result<Input, StageError> {
         let frame = match inboxed {
             Inboxed::Frame(frame) => frame,
             Inboxed::Interrupted => return Ok(Input::Stop),
-            // At end of stream the turn's text is complete; at cancellation the work stops.
+            // At end of stream the turn's text is complete, but at cancellation the work stops.
             Inboxed::Ended if self.io.is_cancelled() => return Ok(Input::Stop),
             Inboxed::Ended => return Ok(if input_ended { Input::Nothing } else { Input::End }),
         };
@@ -617,8 +618,8 @@ impl<'a> Runner<'a> {
                 self.io.outbox.send(frame).await?;
                 Ok(Input::Nothing)
             }
-            _ if input_ended || !self.held.is_empty() => {
-                self.held.push_back(frame);
+            _ if input_ended || !self.deferred.is_empty() => {
+                self.deferred.push_back(frame);
                 Ok(Input::Nothing)
             }
             Payload::Text(delta) if frame.meta.turn == turn => {
@@ -631,8 +632,8 @@ impl<'a> Runner<'a> {
                 Ok(Input::Nothing)
             }
             Payload::Text(_) => {
-                // A later turn began before this one's last text: this turn's input is over.
-                self.held.push_back(frame);
+                // A later turn began before this one's last text, so this turn's input is over.
+                self.deferred.push_back(frame);
                 Ok(Input::End)
             }
             Payload::Control(_) => {
@@ -647,15 +648,16 @@ impl<'a> Runner<'a> {
         }
     }
 
-    /// Emits the decoded samples in frames; with `all`, the shorter last
+    /// Emits the decoded samples in frames, and with `all` the shorter last
     /// frame too.
     async fn emit(&mut self, turn: TurnId, all: bool, emitted: &mut bool) -> Result<Flow, StageError> {
         self.replies.emit(self.io, &self.watch, turn, all, emitted).await
     }
 
-    /// Reports a connection that failed after its audio was emitted: the
-    /// text it held cannot be spoken again without repeating speech, so the
-    /// app hears about it, and later text of the turn opens a new connection.
+    /// Reports a connection that failed after its audio was emitted. The
+    /// text sent on it cannot be spoken again without repeating speech, so
+    /// the app receives the error, and later text of the turn opens a new
+    /// connection.
     async fn report_broken_stream(&mut self, turn: TurnId, error: &NetError, complete: bool) -> Result<(), StageError> {
         tracing::warn!(stage = %self.io.name, turn = turn.0, %error, "ElevenLabs connection broke off after its audio started");
         self.replies.report_error(self.io, turn, error.to_string()).await?;
@@ -666,7 +668,7 @@ impl<'a> Runner<'a> {
     }
 }
 
-/// What the inbox gave.
+/// The result of one read from the inbox.
 enum Inboxed {
     Frame(Frame),
     /// The inbox ended: end of stream or cancellation.
@@ -692,7 +694,7 @@ async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Masks the key in the body of a refused handshake, which a careless
+/// Masks the key in the body of a rejected handshake, which a careless
 /// server may echo.
 fn mask_key(error: NetError, key: Option<&mentis_pipeline::Secret>) -> NetError {
     match (error, key) {

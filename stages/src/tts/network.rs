@@ -15,10 +15,10 @@ use mentis_pipeline::{
     TurnMark,
 };
 
-/// How often a stage whose queue is full checks whether its turn was interrupted.
+/// Interval at which a stage whose queue is full checks whether its turn was interrupted.
 pub(crate) const INTERRUPT_POLL: Duration = Duration::from_millis(10);
 
-/// Whether work on the current turn goes on.
+/// The decision whether work on the current turn goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Flow {
     Continue,
@@ -53,7 +53,7 @@ pub(crate) struct Replies {
 
 impl Replies {
     /// Creates the state for a stage that emits mono `format` audio in
-    /// frames of `frame_samples`; `label` names the stage in error messages.
+    /// frames of `frame_samples`. `label` names the stage in error messages.
     pub fn new(label: &'static str, format: AudioFormat, frame_samples: usize) -> Self {
         Replies {
             label,
@@ -98,8 +98,8 @@ impl Replies {
         }
     }
 
-    /// Emits the decoded samples in frames; with `all`, the shorter last
-    /// frame too. Sets `emitted` once a frame went out. Returns
+    /// Emits the decoded samples in frames, and with `all` the shorter last
+    /// frame too. Sets `emitted` once a frame has been sent. Returns
     /// [`Flow::Stop`] when the reply to `turn` was interrupted, with the
     /// samples from there on kept.
     pub async fn emit(

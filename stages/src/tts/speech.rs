@@ -42,20 +42,20 @@ pub const BACKEND: &str = "openai-tts";
 /// The rate OpenAI documents for `response_format: "pcm"`, in Hz.
 pub const DEFAULT_SAMPLE_RATE: u32 = 24_000;
 
-/// The speeds OpenAI accepts; 1.0 is normal.
+/// The speeds OpenAI accepts, where 1.0 is normal.
 pub const SPEED_RANGE: std::ops::RangeInclusive<f32> = 0.25..=4.0;
 
 /// Frames received while a request is in flight that are kept to be handled
 /// after it. With a sentence aggregator in front, one frame is one sentence,
 /// so this is far more than a reply queues. When it is full the stage stops
-/// reading its inbox (the edge then holds back the sender) and checks for
+/// reading its inbox (the edge then blocks the sender) and checks for
 /// interruption every [`INTERRUPT_POLL`] instead.
 pub const MAX_QUEUED_FRAMES: usize = 256;
 
 /// Settings of an [`OpenAiSpeech`] stage.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpeechConfig {
-    /// The model, such as `tts-1` or `gpt-4o-mini-tts`; self-hosted servers
+    /// The model, such as `tts-1` or `gpt-4o-mini-tts`. Self-hosted servers
     /// often accept any name.
     pub model: String,
     /// The voice, such as `alloy`, or the name of a voice the self-hosted server offers.
@@ -95,8 +95,8 @@ pub enum SpeechConfigError {
     /// The sample rate is zero.
     #[error("invalid speech sample rate of 0 Hz: use the rate of the server's PCM, 24000 for OpenAI")]
     InvalidSampleRate,
-    /// The frame is too short to hold one sample.
-    #[error("invalid speech frame length {frame:?} at {sample_rate} Hz: a frame must hold at least one sample")]
+    /// The frame is too short to contain one sample.
+    #[error("invalid speech frame length {frame:?} at {sample_rate} Hz: a frame must contain at least one sample")]
     InvalidFrame {
         /// The rejected frame length.
         frame: Duration,
@@ -147,7 +147,7 @@ pub struct OpenAiSpeech {
 
 impl OpenAiSpeech {
     /// Creates the stage. `endpoint` is the API base, such as
-    /// `https://api.openai.com/v1` or `http://127.0.0.1:8880/v1`; requests go
+    /// `https://api.openai.com/v1` or `http://127.0.0.1:8880/v1`. Requests go
     /// to `{base}/audio/speech`, with `Authorization: Bearer` when the
     /// endpoint has a key.
     pub fn new(name: StageName, endpoint: Endpoint, config: SpeechConfig) -> Result<Self, SpeechConfigError> {
@@ -274,7 +274,7 @@ impl<'a> Runner<'a> {
         }
     }
 
-    /// Ends every turn up to `turn`: its queued text is dropped and its reply stops.
+    /// Ends every turn up to `turn`, dropping its queued text and stopping its reply.
     fn interrupt(&mut self, turn: TurnId) {
         self.replies.interrupt(turn);
         self.queue.retain(|queued| !is_interrupted(queued, turn));
@@ -303,7 +303,7 @@ impl<'a> Runner<'a> {
         Ok(())
     }
 
-    /// Returns whether the reply to `turn` is still wanted.
+    /// Returns whether the reply to `turn` is still needed.
     fn speaking(&self, turn: TurnId) -> bool {
         self.replies.is_current(turn) && !self.watch.should_stop(turn)
     }
@@ -378,7 +378,7 @@ impl<'a> Runner<'a> {
         let mut response = response.map_err(net)?;
         tracing::debug!(stage = %self.io.name, turn = turn.0, chars = sentence.len(), "speech response started");
 
-        // Decode the body as it arrives; a read may end inside a sample.
+        // Decode the body as it arrives. A read may end inside a sample.
         let mut decoder = Pcm16Decoder::new();
         let mut first = true;
         loop {
@@ -389,7 +389,7 @@ impl<'a> Runner<'a> {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => break,
                 Err(error) => {
-                    // Audio decoded before the failure is real; play it before reporting.
+                    // Audio decoded before the failure is valid, so play it before reporting.
                     if *emitted {
                         self.emit(turn, true, emitted).await?;
                     }
@@ -412,7 +412,7 @@ impl<'a> Runner<'a> {
         Ok(self.emit(turn, true, emitted).await?)
     }
 
-    /// Emits the decoded samples in frames; with `all`, the shorter last frame too.
+    /// Emits the decoded samples in frames, and with `all` the shorter last frame too.
     async fn emit(&mut self, turn: TurnId, all: bool, emitted: &mut bool) -> Result<Flow, StageError> {
         self.replies.emit(self.io, &self.watch, turn, all, emitted).await
     }
@@ -450,12 +450,12 @@ impl<'a> Runner<'a> {
     }
 
     /// Handles a frame that arrived while work on `turn` was in flight:
-    /// interrupts and other priority events act and go downstream now, the
-    /// rest waits in the queue.
+    /// interrupts and other priority events act and go downstream now, and
+    /// the rest waits in the queue.
     async fn receive_during(&mut self, frame: Option<Frame>, turn: TurnId) -> Result<Flow, StageError> {
         let Some(frame) = frame else {
             self.inbox_ended = true;
-            // At end of stream the work in flight finishes; at cancellation it stops.
+            // At end of stream the work in flight finishes, but at cancellation it stops.
             return Ok(if self.io.is_cancelled() { Flow::Stop } else { Flow::Continue });
         };
         match frame.as_control() {

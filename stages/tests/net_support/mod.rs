@@ -71,13 +71,13 @@ impl TestTls {
 /// A boxed response body.
 pub type Body = BoxBody<Bytes, Infallible>;
 
-/// A whole response body.
+/// Builds a whole response body.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).boxed()
 }
 
-/// A response body fed piece by piece through the returned sender; the body
-/// ends when the sender is dropped.
+/// Builds a response body fed piece by piece through the returned sender.
+/// The body ends when the sender is dropped.
 pub fn streamed() -> (mpsc::Sender<Bytes>, Body) {
     let (sender, receiver) = mpsc::channel::<Bytes>(64);
     let stream = futures::stream::unfold(receiver, |mut receiver| async move {
@@ -97,7 +97,7 @@ pub struct SeenRequest {
 
 type Handler = Arc<dyn Fn(SeenRequest) -> Pin<Box<dyn Future<Output = http::Response<Body>> + Send>> + Send + Sync>;
 
-/// A server on 127.0.0.1 that answers each request with a handler.
+/// A server on 127.0.0.1 that responds to each request with a handler.
 pub struct TestServer {
     pub address: SocketAddr,
     pub tls: Option<Arc<TestTls>>,
@@ -113,7 +113,7 @@ impl Drop for TestServer {
 }
 
 impl TestServer {
-    /// The base URL: `http://127.0.0.1:PORT` or `https://localhost:PORT`.
+    /// Returns the URL of `path`: `http://127.0.0.1:PORT` or `https://localhost:PORT`.
     pub fn url(&self, path: &str) -> Url {
         let base = match (&self.tls, path.starts_with("ws")) {
             (Some(_), _) => format!("https://localhost:{}", self.address.port()),
@@ -122,7 +122,7 @@ impl TestServer {
         Url::parse(&format!("{base}{path}")).expect("test URL")
     }
 
-    /// The WebSocket URL: `ws://127.0.0.1:PORT` or `wss://localhost:PORT`.
+    /// Returns the WebSocket URL of `path`: `ws://127.0.0.1:PORT` or `wss://localhost:PORT`.
     pub fn ws_url(&self, path: &str) -> Url {
         let base = match &self.tls {
             Some(_) => format!("wss://localhost:{}", self.address.port()),
@@ -247,7 +247,7 @@ pub fn short_timeouts() -> Timeouts {
     }
 }
 
-/// Waits until `condition` holds, checking every 5 ms, at most `limit`.
+/// Waits until `condition` is true, checking every 5 ms for a maximum of `limit`.
 pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
     while tokio::time::Instant::now() < deadline {
@@ -316,10 +316,10 @@ impl Harness {
 
     /// Receives the next output frame, failing the test after `limit`.
     pub async fn next(&mut self, limit: Duration) -> Option<mentis_pipeline::Frame> {
-        tokio::time::timeout(limit, self.output.recv()).await.expect("the stage answers in time")
+        tokio::time::timeout(limit, self.output.recv()).await.expect("the stage responds in time")
     }
 
-    /// Collects output frames until `done` holds for one (included) or the output ends.
+    /// Collects output frames until `done` is true for one (included) or the output ends.
     pub async fn until(
         &mut self,
         limit: Duration,

@@ -163,7 +163,7 @@ pub fn at_samples(samples: u64) -> MediaTime {
     MediaTime::from_samples(samples, 16_000)
 }
 
-/// The transcripts among `frames`, with their turns.
+/// Returns the transcripts among `frames`, with their turns.
 pub fn transcripts(frames: &[Frame]) -> Vec<(TurnId, TranscriptKind, String)> {
     frames
         .iter()
@@ -174,7 +174,7 @@ pub fn transcripts(frames: &[Frame]) -> Vec<(TurnId, TranscriptKind, String)> {
         .collect()
 }
 
-/// The finals among `frames`, with their turns.
+/// Returns the final transcripts among `frames`, with their turns.
 pub fn finals(frames: &[Frame]) -> Vec<(TurnId, String)> {
     transcripts(frames)
         .into_iter()
@@ -183,17 +183,17 @@ pub fn finals(frames: &[Frame]) -> Vec<(TurnId, String)> {
         .collect()
 }
 
-/// The position of the first frame matching `predicate`.
+/// Returns the position of the first frame matching `predicate`.
 pub fn position(frames: &[Frame], predicate: impl Fn(&Frame) -> bool) -> Option<usize> {
     frames.iter().position(predicate)
 }
 
-/// Whether `frame` is the control `control` of `turn`.
+/// Returns whether `frame` is the control `control` of `turn`.
 pub fn is_control(frame: &Frame, turn: TurnId, control: &Control) -> bool {
     frame.meta.turn == turn && frame.as_control() == Some(control)
 }
 
-/// Whether `frame` is the final transcript of `turn`.
+/// Returns whether `frame` is the final transcript of `turn`.
 pub fn is_final(frame: &Frame, turn: TurnId) -> bool {
     frame.meta.turn == turn
         && matches!(&frame.payload, Payload::Transcript(transcript) if transcript.kind == TranscriptKind::Final)
